@@ -1,0 +1,223 @@
+"""Loading, overriding and validating ml-collections configs.
+
+A config is named ``path/to/file.py:variant``; the file defines ``get_config(variant: str)``.
+Overrides look like ``--config.model.width=256`` (or ``model.width=256``). Every error names the key,
+the value and what would be allowed, and is raised before anything is compiled or written.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: unknown file, variant or key, wrong type, impossible combination."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Validators: each subsystem registers checks on the sections it owns.
+# ---------------------------------------------------------------------------------------------
+Validator = Callable[[ConfigDict], None]
+_VALIDATORS: dict[str, Validator] = {}
+
+
+def register_validator(name: str) -> Callable[[Validator], Validator]:
+    """Decorator: run `fn(config)` in `validate`; it raises ConfigError on bad values."""
+
+    def wrap(fn: Validator) -> Validator:
+        _VALIDATORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def fail(key: str, value: Any, allowed: str) -> None:
+    """Raise the project's standard one-line config error."""
+    raise ConfigError(f"config.{key}={value!r}: {allowed}")
+
+
+def validate(config: ConfigDict) -> ConfigDict:
+    """Run every registered validator that applies (those whose section the config has)."""
+    for name, fn in _VALIDATORS.items():
+        section = name.split(".")[0]
+        if section == "*" or section in config:
+            fn(config)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ConfigSpec:
+    path: pathlib.Path
+    variant: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.variant}" if self.variant else str(self.path)
+
+
+def parse_spec(spec: str) -> ConfigSpec:
+    path, _, variant = spec.partition(":")
+    if not path.endswith(".py"):
+        raise ConfigError(f"config {spec!r}: expected FILE.py[:VARIANT], e.g. experiments/quickstart.py:tiny")
+    return ConfigSpec(pathlib.Path(path), variant)
+
+
+def _import_file(path: pathlib.Path) -> Any:
+    resolved = path if path.is_absolute() else pathlib.Path.cwd() / path
+    if not resolved.is_file():
+        # Relative paths also resolve against the repository root, so commands work from anywhere.
+        alt = pathlib.Path(__file__).resolve().parent.parent / path
+        if alt.is_file():
+            resolved = alt
+        else:
+            known = ", ".join(sorted(p.name for p in (alt.parent.glob("*.py") if alt.parent.is_dir() else [])))
+            raise ConfigError(f"config file {str(path)!r} does not exist" + (f"; files there: {known}" if known else ""))
+    name = f"_mdiff_config_{abs(hash(str(resolved)))}"
+    module_spec = importlib.util.spec_from_file_location(name, resolved)
+    assert module_spec and module_spec.loader
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def variants_of(module: Any) -> tuple[str, ...]:
+    return tuple(getattr(module, "VARIANTS", ()))
+
+
+def load_config(spec: str, overrides: Sequence[str] = (), *, check: bool = True) -> ConfigDict:
+    """Build the config `FILE.py:VARIANT`, apply overrides, validate, and lock it."""
+    parsed = parse_spec(spec)
+    module = _import_file(parsed.path)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {str(parsed.path)!r} defines no get_config(variant)")
+    known = variants_of(module)
+    variant = parsed.variant or (known[0] if known else "")
+    if known and variant not in known:
+        raise ConfigError(f"config {str(parsed.path)!r}: unknown variant {variant!r}; known: {', '.join(known)}")
+    config = module.get_config(variant)
+    if not isinstance(config, ConfigDict):
+        raise ConfigError(f"config {spec!r}: get_config returned {type(config).__name__}, not a ConfigDict")
+    apply_overrides(config, overrides)
+    if check:
+        validate(config)
+    config.lock()
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides
+# ---------------------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[str, str]:
+    """'--config.model.width=256' -> ('model.width', '256')."""
+    body = text[2:] if text.startswith("--") else text
+    body = body[len("config.") :] if body.startswith("config.") else body
+    key, sep, value = body.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected --config.KEY=VALUE")
+    return key, value
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw  # a bare string, e.g. model.mlp_type=gelu
+
+
+def _coerce(key: str, current: Any, value: Any) -> Any:
+    """Convert `value` to the type of the default, or raise naming the key and the expected type."""
+    if current is None:
+        return value
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        fail(key, value, "expected a bool (True/False)")
+    if isinstance(current, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        fail(key, value, "expected an int")
+    if isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        fail(key, value, "expected a float")
+    if isinstance(current, str):
+        if isinstance(value, str):
+            return value
+        return str(value) if isinstance(value, (int, float)) else fail(key, value, "expected a string")
+    if isinstance(current, (tuple, list)):
+        if isinstance(value, (tuple, list)):
+            return type(current)(value)
+        fail(key, value, f"expected a {type(current).__name__}")
+    if isinstance(current, (dict, ConfigDict)):
+        fail(key, value, "is a section; override one of its keys: " + ", ".join(sorted(current.keys())))
+    return value
+
+
+def set_key(config: ConfigDict, key: str, value: Any) -> None:
+    """Set a dotted key that must already exist, converting to the default's type."""
+    *parents, leaf = key.split(".")
+    node = config
+    for i, part in enumerate(parents):
+        if not isinstance(node, ConfigDict) or part not in node:
+            known = ", ".join(sorted(node.keys())) if isinstance(node, ConfigDict) else "(not a section)"
+            raise ConfigError(f"unknown config key {key!r}: no section {'.'.join(parents[: i + 1])!r}; known: {known}")
+        node = node[part]
+    if not isinstance(node, ConfigDict) or leaf not in node:
+        known = ", ".join(sorted(node.keys())) if isinstance(node, ConfigDict) else "(not a section)"
+        raise ConfigError(f"unknown config key {key!r}; known keys here: {known}")
+    coerced = _coerce(key, node[leaf], value)
+    with node.unlocked():
+        node[leaf] = coerced
+
+
+def apply_overrides(config: ConfigDict, overrides: Iterable[str] | dict[str, Any]) -> ConfigDict:
+    """Apply CLI-style strings or a {dotted key: value} mapping (as sweeps produce)."""
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = [(k, _parse_value(v)) for k, v in map(parse_override, overrides)]
+    for key, value in items:
+        set_key(config, key, value)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialisation
+# ---------------------------------------------------------------------------------------------
+def to_dict(config: ConfigDict) -> dict[str, Any]:
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def to_json(config: ConfigDict) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+def from_dict(d: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(d)
+
+
+def get(config: ConfigDict, dotted: str, default: Any = None) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, (ConfigDict, dict)) or part not in node:
+            return default
+        node = node[part]
+    return node

@@ -1,0 +1,43 @@
+"""Defaults and checks for `config.diffusion` and `config.sampling`."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mdiff.config import ConfigDict, fail, register_validator
+
+
+def diffusion_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            # Schedule per modality, named by formula: linear, polynomial(p), cosine, sine, geometric(smin,smax).
+            schedule=dict(text="linear", image="linear", audio="linear"),
+            t_min=1e-3,  # t is clipped to [t_min, 1 - t_min] where the weight would blow up
+            antithetic=True,  # low-discrepancy t across the batch
+            anti_masking=False,  # pair each mask with its complement in the batch
+            cond_dropout=0.1,  # probability of dropping the condition (classifier-free guidance)
+        )
+    )
+
+
+def sampling_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            steps=64,
+            grid="linear",
+            method="ancestral",
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            guidance=0.0,
+        )
+    )
+
+
+@register_validator("diffusion")
+def validate_diffusion(config: ConfigDict) -> None:
+    d = config.diffusion
+    if not 0.0 <= d.t_min < 0.5:
+        fail("diffusion.t_min", d.t_min, "must lie in [0, 0.5)")
+    if not 0.0 <= d.cond_dropout < 1.0:
+        fail("diffusion.cond_dropout", d.cond_dropout, "must lie in [0, 1)")
