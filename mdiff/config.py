@@ -29,14 +29,17 @@ class ConfigError(ValueError):
 # Validators: each subsystem registers checks on the sections it owns.
 # ---------------------------------------------------------------------------------------------
 Validator = Callable[[ConfigDict], None]
-_VALIDATORS: dict[str, Validator] = {}
+_VALIDATORS: dict[tuple[str, str], Validator] = {}
 
 
-def register_validator(name: str) -> Callable[[Validator], Validator]:
-    """Decorator: run `fn(config)` in `validate`; it raises ConfigError on bad values."""
+def register_validator(section: str, kind: str = "diffusion") -> Callable[[Validator], Validator]:
+    """Decorator: `validate` runs `fn(config)` on configs of `kind` that have `section`.
+
+    `kind` separates model families that share section names (a symmetry config has its own `data`).
+    """
 
     def wrap(fn: Validator) -> Validator:
-        _VALIDATORS[name] = fn
+        _VALIDATORS[(section, kind)] = fn
         return fn
 
     return wrap
@@ -48,10 +51,10 @@ def fail(key: str, value: Any, allowed: str) -> None:
 
 
 def validate(config: ConfigDict) -> ConfigDict:
-    """Run every registered validator that applies (those whose section the config has)."""
-    for name, fn in _VALIDATORS.items():
-        section = name.split(".")[0]
-        if section == "*" or section in config:
+    """Run every registered validator that applies: same kind, and the config has the section."""
+    kind = config.get("kind", "diffusion")
+    for (section, validator_kind), fn in _VALIDATORS.items():
+        if validator_kind == kind and (section == "*" or section in config):
             fn(config)
     return config
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import ml_collections
 
 from mdiff.data.defaults import data_defaults
-from mdiff.diffusion.defaults import diffusion_defaults, sampling_defaults
+from mdiff.diffusion.defaults import diffusion_defaults
+from mdiff.diffusion.sampling_defaults import sampling_defaults
 from mdiff.model.defaults import model_defaults
 from mdiff.optim.defaults import optim_defaults
 from mdiff.parallel_defaults import mesh_defaults
@@ -18,6 +19,7 @@ from mdiff.train.defaults import train_defaults
 
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.kind = "diffusion"  # which model family the config drives (symmetry configs say "symmetry")
     config.name = ""  # free-form run label, copied into summaries and sweep tables
     config.seed = 0
     config.data = data_defaults()

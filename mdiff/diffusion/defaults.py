@@ -1,4 +1,4 @@
-"""Defaults and checks for `config.diffusion` and `config.sampling`."""
+"""Defaults and checks for `config.diffusion`."""
 
 from __future__ import annotations
 
@@ -16,20 +16,6 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
             antithetic=True,  # low-discrepancy t across the batch
             anti_masking=False,  # pair each mask with its complement in the batch
             cond_dropout=0.1,  # probability of dropping the condition (classifier-free guidance)
-        )
-    )
-
-
-def sampling_defaults() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        dict(
-            steps=64,
-            grid="linear",
-            method="ancestral",
-            temperature=1.0,
-            top_k=0,
-            top_p=1.0,
-            guidance=0.0,
         )
     )
 
