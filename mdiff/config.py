@@ -186,6 +186,11 @@ def set_key(config: ConfigDict, key: str, value: Any) -> None:
     if not isinstance(node, ConfigDict) or leaf not in node:
         known = ", ".join(sorted(node.keys())) if isinstance(node, ConfigDict) else "(not a section)"
         raise ConfigError(f"unknown config key {key!r}; known keys here: {known}")
+    if isinstance(node[leaf], ConfigDict) and isinstance(value, (dict, ConfigDict)):
+        # A section set from a mapping: each key must exist (sweeps set data.mix this way).
+        for sub_key, sub_value in value.items():
+            set_key(config, f"{key}.{sub_key}", sub_value)
+        return
     coerced = _coerce(key, node[leaf], value)
     with node.unlocked():
         node[leaf] = coerced

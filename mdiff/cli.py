@@ -1,0 +1,160 @@
+"""The `mdiff` command: parses arguments and dispatches to importable functions. Nothing else lives here.
+
+Each subcommand's logic sits in its package (a module with `configure(parser)` and `run(args) -> int`);
+a subcommand whose module is not installed says so plainly and exits non-zero.
+Bad input (config, workdir, ids) is reported as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+# name -> (help, module, configure function, run function). Modules are imported when the parser is
+# built, so they must import heavy libraries (JAX) inside `run`, not at module level.
+SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "train": ("train one model: train_and_evaluate(config, workdir)", "mdiff.cli", "configure_train", "run_train"),
+    "sample": ("sample from a trained run (text, t2i, i2t, t2s, s2t)", "mdiff.eval.commands", "configure_sample", "run_sample"),
+    "eval": ("score a trained run's samples with every evaluator", "mdiff.eval.commands", "configure_eval", "run_eval"),
+    "sweep": ("expand, run, inspect or emit a sweep of runs", "mdiff.sweep", "configure", "run"),
+    "fit": ("fit scaling laws and the batch/mixing/schedule analyses from a CSV", "analysis.commands", "configure_fit", "run_fit"),
+    "report": ("build report/index.html for a sweep directory", "analysis.commands", "configure_report", "run_report"),
+    "data": ("build or inspect the embedded tri-modal dataset", "mdiff.data.commands", "configure", "run"),
+    "quickstart": ("the whole suite on a CPU: data, sweep, fits, samples, report", "mdiff.quickstart", "configure", "run"),
+    "symmetry": ("train or plot the symmetry generative model", "mdiff.symmetry.commands", "configure", "run"),
+}
+
+
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "your input is wrong" (exit 2, one line) rather than a bug (traceback)."""
+    from mdiff.config import ConfigError
+    from mdiff.data.layout import LayoutError
+    from mdiff.data.vocab import VocabError
+    from mdiff.rundir import WorkdirError
+
+    errors: list[type[BaseException]] = [ConfigError, WorkdirError, VocabError, LayoutError]
+    for module, name in (("mdiff.data.errors", "DataError"), ("analysis.errors", "AnalysisError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# train (issue 2 owns the argument handling; the loop lives in mdiff.train.loop)
+# ---------------------------------------------------------------------------------------------
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="FILE.py:VARIANT, e.g. experiments/quickstart.py:cpu-2")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="--config.KEY=VALUE",
+        help="override any config key, e.g. --config.model.width=256 --config.train.batch=16",
+    )
+
+
+def configure_train(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--workdir", required=True, help="run directory (config.json, metrics.jsonl, checkpoints/ ...)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue a run in WORKDIR even if its config differs")
+    mode.add_argument("--overwrite", action="store_true", help="delete the run in WORKDIR and start afresh")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mdiff import rundir
+    from mdiff.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    rundir.prepare_workdir(args.workdir, config, resume=args.resume, overwrite=args.overwrite)
+    try:
+        from mdiff.train.loop import train_and_evaluate
+    except ModuleNotFoundError as e:
+        return _not_landed("train", e)
+    summary = train_and_evaluate(config, args.workdir)
+    return 0 if summary.get("status") in ("complete", "preempted") else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and dispatch
+# ---------------------------------------------------------------------------------------------
+def _not_landed(name: str, error: BaseException) -> int:
+    print(f"mdiff {name}: not available in this version yet ({error}); see the issue list", file=sys.stderr)
+    return 3
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Pull `--config.a.b=v` (and `--config.a.b v`) out of argv: argparse would take them for options."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config.") and arg != "--config":
+            if "=" not in arg and i + 1 < len(argv):
+                arg, i = f"{arg}={argv[i + 1]}", i + 1
+            overrides.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int] | BaseException]]:
+    parser = argparse.ArgumentParser(
+        prog="mdiff",
+        description="mdiff: tri-modal masked diffusion and the symmetry generative model, in JAX.",
+    )
+    parser.add_argument("--version", action="version", version=f"mdiff {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    runners: dict[str, Any] = {}
+    for name, (help_text, module_name, configure_name, run_name) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+            getattr(module, configure_name)(sp)
+            runners[name] = getattr(module, run_name)
+        except (ImportError, AttributeError) as e:
+            sp.description = f"{help_text}. Not available in this version yet."
+            runners[name] = e
+    return parser, runners
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, overrides = _split_overrides(argv)
+    parser, runners = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    if overrides:
+        if not hasattr(args, "overrides"):
+            parser.error(f"mdiff {args.command} takes no --config.KEY=VALUE overrides (got {overrides[0]})")
+        args.overrides = list(args.overrides or []) + overrides
+    runner = runners[args.command]
+    if isinstance(runner, BaseException):
+        return _not_landed(args.command, runner)
+    try:
+        return int(runner(args) or 0)
+    except bad_input_errors() as e:
+        print(f"mdiff {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mdiff")
+    except Exception:  # not installed (running from a checkout)
+        return "0.1.0"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
