@@ -1,0 +1,80 @@
+"""The `mdiff` command: help everywhere, bad input as one line with exit code 2 and nothing written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mdiff import cli
+
+TINY = "tests/configs/tiny.py"
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mdiff", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_subcommand():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for name in cli.SUBCOMMANDS:
+        assert name in proc.stdout
+
+
+@pytest.mark.parametrize("name", list(cli.SUBCOMMANDS))
+def test_every_subcommand_has_help(name, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([name, "--help"])
+    assert info.value.code == 0
+    assert "usage: mdiff " + name in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "tests/configs/nope.py:x"], "does not exist"),
+        (["--config", f"{TINY}:huge"], "unknown variant 'huge'"),
+        (["--config", TINY, "--config.model.nope=1"], "unknown config key 'model.nope'"),
+        (["--config", TINY, "--config.model.width=wide"], "expected an int"),
+        (["--config", TINY, "--config.train.batch", "seven"], "expected an int"),
+    ],
+)
+def test_train_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
+    work = tmp_path / "run"
+    assert cli.main(["train", *args, "--workdir", str(work)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("mdiff train: error:") and "\n" not in err
+    assert not work.exists()
+
+
+def test_train_refuses_a_workdir_of_another_config(tmp_path, capsys):
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "config.json").write_text(json.dumps({"model": {"width": 999}}))
+    assert cli.main(["train", "--config", TINY, "--workdir", str(work)]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "--overwrite" in err
+    assert sorted(p.name for p in work.iterdir()) == ["config.json"]
+
+
+def test_resume_and_overwrite_are_exclusive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--config", TINY, "--workdir", str(tmp_path), "--resume", "--overwrite"])
+    assert info.value.code == 2
+
+
+def test_overrides_split_from_other_arguments():
+    rest, overrides = cli._split_overrides(["train", "--config", "a.py:b", "--config.x.y=1", "--config.z", "2", "--workdir", "w"])
+    assert rest == ["train", "--config", "a.py:b", "--workdir", "w"]
+    assert overrides == ["--config.x.y=1", "--config.z=2"]
+
+
+def test_python_dash_m_and_console_script_agree():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("mdiff ")

@@ -1,0 +1,130 @@
+"""Run-directory writers and workdir decisions (issue 2)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from mdiff import rundir
+from mdiff.rundir import WorkdirError
+
+
+def test_jsonl_writer_appends_complete_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with rundir.JsonlWriter(path, enabled=True) as w:
+        w.write({"step": 1, "loss": 2.5})
+        w.write({"step": 2, "loss": float("nan")})  # non-finite -> null, still valid JSON
+    records = rundir.read_jsonl(path)
+    assert records == [{"step": 1, "loss": 2.5}, {"step": 2, "loss": None}]
+    assert path.read_text().endswith("\n")
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+    w = rundir.JsonlWriter(tmp_path / "m.jsonl", enabled=False)
+    w.write({"step": 1})
+    w.close()
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_killed_writer_leaves_valid_json_lines(tmp_path):
+    """SIGKILL while writing as fast as possible: every line on disk parses, none is lost mid-way."""
+    path = tmp_path / "metrics.jsonl"
+    code = textwrap.dedent(f"""
+        from mdiff.rundir import JsonlWriter
+        w = JsonlWriter({str(path)!r}, enabled=True)
+        step = 0
+        while True:
+            w.write({{"step": step, "loss": 1.0 / (step + 1), "pad": "x" * 200}})
+            step += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.time() + 30
+    while (not path.exists() or path.stat().st_size < 50_000) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"", "the file must end on a complete line"
+    steps = [json.loads(line)["step"] for line in lines[:-1]]
+    assert len(steps) > 100 and steps == list(range(len(steps)))
+
+
+def test_reader_skips_a_torn_last_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    with pytest.warns(UserWarning, match="torn last line"):
+        assert [r["step"] for r in rundir.read_jsonl(path)] == [1, 2]
+    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        rundir.read_jsonl(path)
+
+
+def test_resumed_writer_drops_steps_after_the_checkpoint(tmp_path):
+    path = tmp_path / "m.jsonl"
+    with rundir.JsonlWriter(path, enabled=True) as w:
+        for step in range(10):
+            w.write({"step": step})
+    with rundir.JsonlWriter(path, enabled=True, keep_until_step=4) as w:
+        w.write({"step": 5})
+    assert [r["step"] for r in rundir.read_jsonl(path)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_summary_is_atomic_and_checked(tmp_path):
+    rundir.write_summary(tmp_path, {"status": "complete", "loss": 1.5})
+    assert rundir.read_summary(tmp_path) == {"status": "complete", "loss": 1.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no temp file left
+    with pytest.raises(ValueError, match="status 'done'"):
+        rundir.write_summary(tmp_path, {"status": "done"})
+    assert rundir.read_summary(tmp_path)["status"] == "complete"
+
+
+def test_atomic_write_keeps_old_file_when_serialisation_fails(tmp_path):
+    rundir.write_json_atomic(tmp_path / "a.json", {"x": 1})
+    with pytest.raises(TypeError):
+        rundir.write_text_atomic(tmp_path / "a.json", None)
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+CONFIG = {"model": {"width": 64}, "train": {"batch": 8, "progress": True}}
+
+
+def test_prepare_workdir_new_same_and_different(tmp_path):
+    work = tmp_path / "run"
+    assert rundir.prepare_workdir(work, CONFIG) == "new"
+    work.mkdir()
+    assert rundir.prepare_workdir(work, CONFIG) == "new"  # empty folder
+    rundir.write_config(work, CONFIG)
+    assert rundir.prepare_workdir(work, CONFIG) == "resume"
+    volatile = {"model": {"width": 64}, "train": {"batch": 8, "progress": False}}
+    assert rundir.prepare_workdir(work, volatile) == "resume"
+    other = {"model": {"width": 128}, "train": {"batch": 8, "progress": True}}
+    with pytest.raises(WorkdirError, match=r"model.width: 64 -> 128.*--resume.*--overwrite"):
+        rundir.prepare_workdir(work, other)
+    assert rundir.prepare_workdir(work, other, resume=True) == "resume"
+    assert rundir.read_config(work) == CONFIG  # refusing or resuming rewrote nothing
+    assert rundir.prepare_workdir(work, other, overwrite=True) == "new"
+    assert not work.exists()
+
+
+def test_prepare_workdir_refuses_foreign_folders(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(WorkdirError, match="not an mdiff run"):
+            rundir.prepare_workdir(tmp_path, CONFIG, overwrite=overwrite)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(WorkdirError, match="contradict"):
+        rundir.prepare_workdir(tmp_path / "x", CONFIG, resume=True, overwrite=True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_prepare_workdir_unwritable(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(WorkdirError, match="no permission"):
+        rundir.prepare_workdir(locked / "run", CONFIG)
