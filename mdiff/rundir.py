@@ -70,12 +70,24 @@ def dumps_line(record: dict[str, Any]) -> str:
 class JsonlWriter:
     """Appends one JSON object per line; only process 0 writes (others hold a disabled writer)."""
 
-    def __init__(self, path: str | os.PathLike, *, enabled: bool | None = None, keep_until_step: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        enabled: bool | None = None,
+        keep_until_step: int | None = None,
+        tensorboard_dir: str | os.PathLike | None = None,
+    ):
         self.path = pathlib.Path(path)
         self.enabled = process_index() == 0 if enabled is None else enabled
         self._file = None
+        self._events = None
         if not self.enabled:
             return
+        if tensorboard_dir is not None:  # mirror numeric fields as TensorBoard scalars
+            from mdiff.tensorboard import ScalarEventWriter
+
+            self._events = ScalarEventWriter(tensorboard_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if keep_until_step is not None:
             truncate_after_step(self.path, keep_until_step)
@@ -85,11 +97,16 @@ class JsonlWriter:
     def write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
             self._file.write(dumps_line(record).encode())
+        if self._events is not None and "step" in record:
+            self._events.write(record["step"], {k: v for k, v in record.items() if k != "step"})
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     def __enter__(self) -> "JsonlWriter":
         return self
