@@ -160,6 +160,7 @@ def test_classify():
     assert completep.classify("head/kernel", 2) == "output"
     assert completep.classify("blocks/0/attn/q/kernel", 2) == "hidden"
     assert completep.classify("blocks/0/norm/scale", 1) == "vector"
+    assert completep.classify("blocks/stacked/attn_norm", 2) == "vector"  # scanned layers: [depth, width]
 
 
 def test_class_multipliers_closed_forms():

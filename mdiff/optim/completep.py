@@ -70,8 +70,11 @@ def path_name(path: tuple) -> str:
 
 
 def classify(name: str, ndim: int) -> str:
-    """Parameter class from its path and rank: vectors, output head, embeddings, else hidden."""
-    if ndim <= 1:
+    """Parameter class from its path and rank: vectors, output head, embeddings, else hidden.
+
+    Norm gains stacked over layers (scanned blocks) are still vectors: their last name says "norm".
+    """
+    if ndim <= 1 or "norm" in name.rsplit("/", 1)[-1]:
         return "vector"
     if _OUTPUT.search(name):
         return "output"

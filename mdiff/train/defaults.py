@@ -1,4 +1,8 @@
-"""Defaults and checks for `config.train`."""
+"""Defaults and checks for `config.train`.
+
+Checks that need the devices (the batch against the data-parallel size) run in the train loop
+before anything compiles (`mdiff.train.loop.check_run`).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,16 @@ def train_defaults() -> ml_collections.ConfigDict:
             batch=32,  # physical batch (sequences per optimiser step, all hosts together)
             tokens=1_000_000,  # token horizon D; steps = tokens / (seq_len * batch)
             microbatches=1,  # gradient accumulation; does not change the maths
-            log_every=10,
+            log_every=10,  # metrics.jsonl record every k steps (and at the last step)
             eval_every=0,  # 0 -> only at the end
-            eval_batches=4,
+            eval_batches=4,  # validation batches per evaluation (of train.eval_batch sequences)
+            eval_batch=0,  # sequences per validation batch; 0 -> train.batch / train.microbatches
+            eval_seed=1234,  # fixed noise (t and masks) for evaluation, comparable across runs
             checkpoint_every=0,  # 0 -> only at the end (and on preemption)
             keep_checkpoints=2,
-            progress=True,
+            checkpoint_async=True,
+            peak_flops=0.0,  # per-device peak FLOP/s for MFU; 0 -> mdiff.train.mfu's table
+            progress=True,  # progress bar (also off with env MDIFF_PROGRESS=0)
         )
     )
 
@@ -36,3 +44,11 @@ def validate_train(config: ConfigDict) -> None:
             t.tokens,
             f"shorter than one step (train.batch * data.seq_len = {t.batch * config.data.seq_len} tokens)",
         )
+    for key in ("log_every",):
+        if t[key] < 1:
+            fail(f"train.{key}", t[key], "must be >= 1")
+    for key in ("eval_every", "eval_batches", "eval_batch", "checkpoint_every", "peak_flops"):
+        if t[key] < 0:
+            fail(f"train.{key}", t[key], "must be >= 0")
+    if t.keep_checkpoints < 1:
+        fail("train.keep_checkpoints", t.keep_checkpoints, "must be >= 1 (resume needs one)")
