@@ -6,18 +6,58 @@ import ml_collections
 
 from mdiff.config import ConfigDict, fail, register_validator
 
+MODALITIES = ("text", "image", "audio")
+
 
 def data_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
-            dataset="embedded",  # the offline tri-modal set, or a TFDS ArrayRecord directory with its features
+            # "embedded" (the offline tri-modal set), "synthetic" (no corpus; tests), or the path of a
+            # directory laid out like a built dataset (TFDS ArrayRecord builders plus tokenizers/).
+            dataset="embedded",
             data_dir="",  # "" -> $MDIFF_DATA_DIR or ~/.cache/mdiff/data
+            scale="full",  # which build `mdiff data build` / the trainer make: full | tiny
             seq_len=128,
-            # Token fractions of each modality in the training stream; must sum to 1.
+            # Token fractions of each stream (text, image-text, audio-text) in the training stream,
+            # counted over every non-padding position of its examples; must sum to 1.
             mix=dict(text=0.5, image=0.25, audio=0.25),
-            num_workers=0,
+            # Within the image-text (audio-text) stream: fraction of examples laid out as i2t (s2t);
+            # the rest are t2i (t2s).
+            i2t_fraction=0.5,
+            s2t_fraction=0.5,
+            # Shortest text chunk started in a row (a chunk ending a row may be shorter).
+            min_text_chunk=32,
+            num_workers=0,  # grain worker processes (must divide the per-host batch); 0 = in-process
+            # Tokenizers (fixed at build time; the pipeline checks the built set agrees).
+            tokenizer=dict(
+                text_vocab=4096,  # BPE vocabulary incl. its end-of-document token
+                image_size=16,  # images are stored and tokenised at image_size x image_size RGB
+                image_tokens=16,  # tokens per image (a square number: patches per side squared)
+                image_codebook=512,
+                audio_hop=512,  # samples per audio token at 16 kHz (512 -> 31.25 tokens/s)
+                audio_mels=80,
+                audio_codebook=512,
+                griffin_lim_iters=32,
+            ),
+            # Fixed target/condition spans: text slot (captions, transcripts) and audio slot, in tokens.
+            slots=dict(text=24, audio=80),
+            # espeak-ng voices used to synthesise speech (comma separated), speeds (wpm) and pitches.
+            voices="en-us,en-gb,en-us+f3,en-gb-scotland,en-us+m7,en-029",
+            speeds="140,175,210",
+            pitches="35,50,70",
         )
     )
+
+
+def example_lengths(data: ConfigDict) -> dict[str, int]:
+    """Positions one example of each stream takes (all tasks of a stream have the same length)."""
+    tok = data.tokenizer
+    text_slot, audio_slot = data.slots.text, data.slots.audio
+    return {
+        "text": 2,  # the shortest text segment: task token plus one token
+        "image": 1 + (text_slot + 2) + (tok.image_tokens + 2),
+        "audio": 1 + (text_slot + 2) + (audio_slot + 2),
+    }
 
 
 @register_validator("data")
@@ -26,9 +66,43 @@ def validate_data(config: ConfigDict) -> None:
     if data.seq_len < 8:
         fail("data.seq_len", data.seq_len, "must be at least 8")
     mix = dict(data.mix)
+    unknown = sorted(set(mix) - set(MODALITIES))
+    if unknown:
+        fail("data.mix", mix, f"unknown stream(s) {unknown}; streams are {', '.join(MODALITIES)}")
     for name, value in mix.items():
         if value < 0:
             fail(f"data.mix.{name}", value, "mixing fractions must be >= 0")
     total = sum(mix.values())
     if abs(total - 1.0) > 1e-6:
         fail("data.mix", mix, f"fractions must sum to 1 (they sum to {total:.6g})")
+    for key in ("i2t_fraction", "s2t_fraction"):
+        if not 0.0 <= data[key] <= 1.0:
+            fail(f"data.{key}", data[key], "must lie in [0, 1]")
+    if data.num_workers < 0:
+        fail("data.num_workers", data.num_workers, "must be >= 0")
+    if data.scale not in ("full", "tiny"):
+        fail("data.scale", data.scale, "allowed: full, tiny")
+    tok = data.tokenizer
+    side = int(round(tok.image_tokens**0.5))
+    if side * side != tok.image_tokens or tok.image_size % side:
+        fail(
+            "data.tokenizer.image_tokens",
+            tok.image_tokens,
+            f"must be a square whose root divides data.tokenizer.image_size={tok.image_size}",
+        )
+    for key in ("text_vocab", "image_codebook", "audio_codebook", "audio_hop", "audio_mels"):
+        if tok[key] < 2:
+            fail(f"data.tokenizer.{key}", tok[key], "must be >= 2")
+    for key in ("text", "audio"):
+        if data.slots[key] < 1:
+            fail(f"data.slots.{key}", data.slots[key], "must be >= 1")
+    if data.dataset != "synthetic":
+        need = example_lengths(data)
+        for name, weight in mix.items():
+            if weight > 0 and need[name] > data.seq_len:
+                fail(
+                    "data.seq_len",
+                    data.seq_len,
+                    f"too short for a {name} example ({need[name]} positions with data.slots={dict(data.slots)});"
+                    f" use >= {need[name]} or set data.mix.{name}=0",
+                )
