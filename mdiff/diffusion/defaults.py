@@ -27,3 +27,13 @@ def validate_diffusion(config: ConfigDict) -> None:
         fail("diffusion.t_min", d.t_min, "must lie in [0, 0.5)")
     if not 0.0 <= d.cond_dropout < 1.0:
         fail("diffusion.cond_dropout", d.cond_dropout, "must lie in [0, 1)")
+    from mdiff.diffusion.schedules import KNOWN_FORMS, ScheduleError, get_schedule  # noqa: PLC0415 (jax import)
+
+    spec = dict(d.schedule)
+    if set(spec) != {"text", "image", "audio"}:
+        fail("diffusion.schedule", spec, "needs exactly the keys text, image, audio")
+    for key, name in spec.items():
+        try:
+            get_schedule(name)
+        except ScheduleError as err:
+            fail(f"diffusion.schedule.{key}", name, f"{err}; known forms: {', '.join(KNOWN_FORMS)}")

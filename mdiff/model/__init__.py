@@ -1,0 +1,51 @@
+"""The denoiser network: `build_model`, size presets (`scaling`) and input checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from mdiff.data.vocab import UnifiedVocab
+from mdiff.model.scaling import resolve_shape
+from mdiff.model.transformer import DTYPES, ModelOptions, Transformer
+
+
+def model_options(model_cfg: Any, **overrides: Any) -> ModelOptions:
+    """`ModelOptions` from `config.model` (dtype names -> dtypes)."""
+    get = (lambda k, d: model_cfg.get(k, d)) if isinstance(model_cfg, dict) else (lambda k, d: getattr(model_cfg, k, d))
+    opts = ModelOptions(
+        dtype=DTYPES[get("dtype", "float32")],
+        param_dtype=DTYPES[get("param_dtype", "float32")],
+        remat=bool(get("remat", False)),
+        scan_layers=bool(get("scan_layers", False)),
+        qk_norm=bool(get("qk_norm", True)),
+        rope_theta=float(get("rope_theta", 10000.0)),
+        restrict_logits=bool(get("restrict_logits", True)),
+    )
+    return ModelOptions(**{**opts.__dict__, **overrides})
+
+
+def build_model(model_cfg: Any, vocab: UnifiedVocab, max_len: int, *, rngs: nnx.Rngs, **overrides: Any) -> Transformer:
+    """The transformer `config.model` describes. `overrides` set ModelOptions fields (e.g. branch_scale)."""
+    return Transformer(resolve_shape(model_cfg), vocab, max_len, model_options(model_cfg, **overrides), rngs=rngs)
+
+
+def check_model_inputs(batch: dict, vocab: UnifiedVocab, max_len: int) -> None:
+    """Host-side checks before anything compiles: batch contract, id range, length, MASK id placement."""
+    from mdiff.data.layout import check_batch
+
+    check_mask_id(vocab)
+    check_batch({k: np.asarray(v) for k, v in batch.items()}, vocab, seq_len=max_len)
+
+
+def check_mask_id(vocab: UnifiedVocab) -> None:
+    """The MASK id must not collide with any modality's ids (the loss and head rely on it)."""
+    for name in ("text", "image", "audio"):
+        lo, hi = vocab.range(name)
+        if lo <= vocab.mask_id < hi:
+            raise ValueError(f"vocab mask id {vocab.mask_id} lies inside the {name} range [{lo}, {hi})")
+
+
+__all__ = ["build_model", "check_model_inputs", "check_mask_id", "model_options", "Transformer", "ModelOptions"]

@@ -1,0 +1,224 @@
+"""Bidirectional tri-modal transformer (Flax NNX) for masked diffusion.
+
+Pre-norm blocks with RMSNorm, QK-norm, RoPE over `positions`, SwiGLU or GELU MLP and full
+(non-causal) attention that never crosses `segment_ids`. There is no time input: the denoiser reads
+the noise level from the MASK tokens. Inputs are token ids over the unified vocabulary plus a learned
+modality embedding; the head can restrict each position's logits to its modality's id range.
+
+Every parameter carries `logical_axes` metadata (names from mdiff.parallel_defaults.LOGICAL_AXES);
+mdiff.parallel maps them to mesh axes. Blocks are written as pure functions of a parameter dict so
+that the same code runs layer by layer or under `lax.scan` over stacked layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mdiff.data.vocab import UnifiedVocab
+from mdiff.model.scaling import NUM_MODALITIES, ModelShape, padded_vocab
+from mdiff.parallel_defaults import LOGICAL_AXES
+
+NEG_INF = -1e9  # logit of ids outside a position's modality range (finite: no inf - inf NaNs)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """Everything about the network that is not its size."""
+
+    dtype: Any = jnp.float32  # compute dtype
+    param_dtype: Any = jnp.float32
+    remat: bool = False
+    scan_layers: bool = False
+    qk_norm: bool = True
+    rope_theta: float = 10000.0
+    restrict_logits: bool = True
+    branch_scale: float = 1.0  # residual-branch multiplier (CompleteP depth scaling sets it)
+    norm_eps: float = 1e-6
+
+
+def param(rngs: nnx.Rngs, init: Callable, shape: tuple[int, ...], axes: tuple, dtype: Any) -> nnx.Param:
+    if len(axes) != len(shape) or any(a is not None and a not in LOGICAL_AXES for a in axes):
+        raise ValueError(f"logical axes {axes} do not fit shape {shape} (known axes: {LOGICAL_AXES})")
+    return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=tuple(axes))
+
+
+def _dense_init(fan_in: int, scale: float = 1.0) -> Callable:
+    return nnx.initializers.normal(stddev=scale / np.sqrt(fan_in))
+
+
+def block_param_specs(shape: ModelShape) -> dict[str, tuple[tuple[int, ...], tuple, Callable]]:
+    """Name -> (shape, logical axes, initializer) of one block's parameters."""
+    d, h, hd, f = shape.width, shape.heads, shape.head_dim, shape.mlp_hidden
+    ones = nnx.initializers.ones
+    specs = {
+        "attn_norm": ((d,), ("embed",), ones),
+        "qkv": ((d, 3, h, hd), ("embed", None, "heads", "kv"), _dense_init(d)),
+        "q_norm": ((hd,), ("kv",), ones),
+        "k_norm": ((hd,), ("kv",), ones),
+        "out": ((h, hd, d), ("heads", "kv", "embed"), _dense_init(d)),
+        "mlp_norm": ((d,), ("embed",), ones),
+        "mlp_down": ((f, d), ("mlp", "embed"), _dense_init(f)),
+    }
+    n_in = 2 if shape.mlp_type == "swiglu" else 1
+    specs["mlp_in"] = ((d, n_in, f), ("embed", None, "mlp"), _dense_init(d))
+    return specs
+
+
+class Blocks(nnx.Module):
+    """All transformer blocks: a list of per-layer parameter dicts, or one stacked dict for scan."""
+
+    def __init__(self, shape: ModelShape, opts: ModelOptions, *, rngs: nnx.Rngs):
+        self.shape, self.opts = shape, opts
+        specs = block_param_specs(shape)
+        if opts.scan_layers:
+            self.stacked = nnx.Dict(
+                {
+                    name: nnx.Param(
+                        jnp.stack([init(rngs.params(), s, opts.param_dtype) for _ in range(shape.depth)]),
+                        logical_axes=("layers", *axes),
+                    )
+                    for name, (s, axes, init) in specs.items()
+                }
+            )
+        else:
+            self.layers = nnx.List(
+                [
+                    nnx.Dict({name: param(rngs, init, s, axes, opts.param_dtype) for name, (s, axes, init) in specs.items()})
+                    for _ in range(shape.depth)
+                ]
+            )
+
+    def __call__(self, x: jax.Array, ctx: "AttentionContext") -> jax.Array:
+        step = functools.partial(block_forward, shape=self.shape, opts=self.opts, ctx=ctx)
+        if self.opts.remat:
+            step = jax.checkpoint(step)
+        if self.opts.scan_layers:
+            params = {k: v[...] for k, v in self.stacked.items()}
+            x, _ = jax.lax.scan(lambda h, p: (step(p, h), None), x, params)
+            return x
+        for layer in self.layers:
+            x = step({k: v[...] for k, v in layer.items()}, x)
+        return x
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionContext:
+    """Per-batch tensors every block shares: the segment mask and the RoPE rotation."""
+
+    mask: jax.Array  # [B, 1, L, L] bool
+    cos: jax.Array  # [B, 1, L, hd/2]
+    sin: jax.Array
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    half = head_dim // 2
+    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[:, None, :, None] * freqs  # [B, 1, L, half]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on [B, H, L, hd]."""
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def block_forward(
+    p: dict[str, jax.Array], x: jax.Array, *, shape: ModelShape, opts: ModelOptions, ctx: AttentionContext
+) -> jax.Array:
+    """One pre-norm block on x [B, L, D]."""
+    dt = opts.dtype
+    h = rms_norm(x, p["attn_norm"], opts.norm_eps)
+    x = x + opts.branch_scale * attention(p, h, shape=shape, opts=opts, ctx=ctx)
+    h = rms_norm(x, p["mlp_norm"], opts.norm_eps)
+    up = jnp.einsum("bld,dnf->nblf", h, p["mlp_in"].astype(dt))
+    if shape.mlp_type == "swiglu":
+        act = jax.nn.silu(up[0]) * up[1]
+    else:
+        act = jax.nn.gelu(up[0])
+    mlp = jnp.einsum("blf,fd->bld", act, p["mlp_down"].astype(dt))
+    return x + opts.branch_scale * mlp
+
+
+def attention(
+    p: dict[str, jax.Array], h: jax.Array, *, shape: ModelShape, opts: ModelOptions, ctx: AttentionContext
+) -> jax.Array:
+    dt = opts.dtype
+    # [3, B, H, L, hd]: heads-major so both attention products are plain batched matmuls.
+    qkv = jnp.einsum("bld,dthk->tbhlk", h, p["qkv"].astype(dt))
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    if opts.qk_norm:
+        q = rms_norm(q, p["q_norm"], opts.norm_eps)
+        k = rms_norm(k, p["k_norm"], opts.norm_eps)
+    q = apply_rope(q, ctx.cos, ctx.sin)
+    k = apply_rope(k, ctx.cos, ctx.sin)
+    scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2)).astype(jnp.float32) / np.sqrt(shape.head_dim)
+    scores = jnp.where(ctx.mask, scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    o = jnp.matmul(probs, v)  # [B, H, L, hd]
+    return jnp.einsum("bhlk,hkd->bld", o, p["out"].astype(dt))
+
+
+class Transformer(nnx.Module):
+    """Denoiser: (tokens, modality, segment_ids, positions) [B, L] int32 -> logits [B, L, V] float32."""
+
+    def __init__(self, shape: ModelShape, vocab: UnifiedVocab, max_len: int, opts: ModelOptions, *, rngs: nnx.Rngs):
+        self.shape, self.opts, self.max_len = shape, opts, int(max_len)
+        self.vocab_size = vocab.size
+        self.mask_id = vocab.mask_id
+        vp, d = padded_vocab(vocab.size), shape.width
+        pdt = opts.param_dtype
+        self.embed = param(rngs, nnx.initializers.normal(1.0), (vp, d), ("vocab", "embed"), pdt)
+        self.modality_embed = param(rngs, nnx.initializers.normal(1.0), (NUM_MODALITIES, d), (None, "embed"), pdt)
+        self.blocks = Blocks(shape, opts, rngs=rngs)
+        self.final_norm = param(rngs, nnx.initializers.ones, (d,), ("embed",), pdt)
+        self.head = param(rngs, _dense_init(d), (d, vp), ("embed", "vocab"), pdt)
+        # Allowed logit range per modality id; NONE (specials) may predict any real id but MASK.
+        table = vocab.range_table().copy()
+        table[0] = (0, vocab.size)
+        self.range_table = tuple(tuple(int(v) for v in row) for row in table)  # static, not a parameter
+
+    def __call__(
+        self, tokens: jax.Array, modality: jax.Array, segment_ids: jax.Array, positions: jax.Array
+    ) -> jax.Array:
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, seq_len]; got shape {tokens.shape}")
+        if tokens.shape[1] > self.max_len:
+            raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's maximum {self.max_len}")
+        dt = self.opts.dtype
+        x = jnp.take(self.embed[...], tokens, axis=0) + jnp.take(self.modality_embed[...], modality, axis=0)
+        x = x.astype(dt)
+        cos, sin = rope_tables(positions, self.shape.head_dim, self.opts.rope_theta)
+        mask = (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+        x = self.blocks(x, AttentionContext(mask, cos, sin))
+        x = rms_norm(x, self.final_norm[...], self.opts.norm_eps)
+        logits = jnp.einsum("bld,dv->blv", x, self.head[...].astype(dt)).astype(jnp.float32)
+        return self.restrict(logits, modality)
+
+    def restrict(self, logits: jax.Array, modality: jax.Array) -> jax.Array:
+        """Drop padded vocabulary rows and (optionally) ids outside each position's modality."""
+        ids = jnp.arange(logits.shape[-1])
+        if self.opts.restrict_logits:
+            bounds = jnp.take(jnp.asarray(self.range_table, jnp.int32), modality, axis=0)  # [B, L, 2]
+            lo, hi = bounds[..., :1], bounds[..., 1:]
+            allowed = (ids >= lo) & (ids < hi) & (ids != self.mask_id)
+        else:
+            allowed = (ids < self.vocab_size) & (ids != self.mask_id)
+        logits = jnp.where(allowed, logits, NEG_INF)
+        return logits[..., : self.vocab_size]

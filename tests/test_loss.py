@@ -1,0 +1,162 @@
+"""The MDM loss: closed-form ELBO identity across schedules, masking rules, metrics, anti-masking."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdiff.data.vocab import Modality, UnifiedVocab
+from mdiff.diffusion.loss import corrupt, mdm_loss, per_token_metrics, sample_times
+from mdiff.diffusion.schedules import get_schedule
+
+VOCAB = UnifiedVocab(20, 10, 10)
+TEXT_LO = VOCAB.offset("text")
+IMAGE_LO = VOCAB.offset("image")
+
+
+def uniform_schedules(name):
+    return {m: get_schedule(name) for m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)}
+
+
+def text_batch(batch, length, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(TEXT_LO, TEXT_LO + 20, (batch, length)).astype(np.int32)
+    ones = np.ones((batch, length), np.int32)
+    return dict(
+        tokens=tokens, modality=ones * int(Modality.TEXT), loss_mask=ones, cond_mask=ones * 0,
+        segment_ids=ones, positions=np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)).copy(),
+    )
+
+
+def logits_with_nll(nll, batch):
+    """Logits over VOCAB whose -log p(clean token) equals `nll` [B, L] (a synthetic denoiser)."""
+    p = jnp.exp(-nll)
+    target_logit = jnp.log((VOCAB.size - 1) * p / (1 - p))
+    onehot = jax.nn.one_hot(batch["tokens"], VOCAB.size)
+    return onehot * target_logit[..., None]
+
+
+def fraction_masked_denoiser(noisy, batch):
+    """-log p = g(k / L) = 0.5 + k / L, where k = masked positions in the row."""
+    frac = jnp.mean(noisy == VOCAB.mask_id, axis=1, keepdims=True)
+    return logits_with_nll(jnp.broadcast_to(0.5 + frac, noisy.shape), batch)
+
+
+def mean_and_se(values):
+    values = np.asarray(values, np.float64)
+    return values.mean(), values.std(ddof=1) / math.sqrt(values.size)
+
+
+@pytest.mark.parametrize("anti_masking", [False, True])
+@pytest.mark.parametrize("name", ["linear", "cosine", "sine", "polynomial(3)"])
+def test_elbo_matches_closed_form_for_every_schedule(name, anti_masking):
+    # For any denoiser that does not see t, E_t[w(t) sum_masked nll] = sum_{k=1..L} g(k/L),
+    # whatever the schedule (change of variables to the masking rate; see tests docstring above).
+    length, batch = 8, 2048
+    exact = sum(0.5 + k / length for k in range(1, length + 1))
+    data = {k: jnp.asarray(v) for k, v in text_batch(batch, length).items()}
+
+    @jax.jit
+    def nelbo_per_sequence(rng):
+        _, m = mdm_loss(
+            fraction_masked_denoiser, data, rng, vocab=VOCAB, schedules=uniform_schedules(name),
+            t_min=1e-5, antithetic=True, anti_masking=anti_masking,
+        )
+        return m["nelbo_sum"] / m["sequences"]
+
+    # 16 independent batch means; their spread gives the Monte Carlo error of the overall mean.
+    mean, se = mean_and_se([nelbo_per_sequence(jax.random.key(seed)) for seed in range(16)])
+    assert se < 0.01 * exact
+    assert abs(mean - exact) < 4 * se, (name, mean, exact, se)
+
+
+def test_per_modality_schedules_give_per_modality_sums():
+    # Constant nll per modality: the expected NELBO sum is count * nll, whatever each modality's schedule.
+    length, batch = 8, 8192
+    data = text_batch(batch, length)
+    data["modality"][:, 4:] = int(Modality.IMAGE)
+    data["tokens"][:, 4:] = IMAGE_LO + 3
+    data = {k: jnp.asarray(v) for k, v in data.items()}
+    nll = jnp.where(data["modality"] == Modality.TEXT, 1.0, 2.0)
+    schedules = {Modality.TEXT: get_schedule("cosine"), Modality.IMAGE: get_schedule("polynomial(2)"),
+                 Modality.AUDIO: get_schedule("linear")}
+    _, m = mdm_loss(lambda x, b: logits_with_nll(nll, b), data, jax.random.key(1), vocab=VOCAB,
+                    schedules=schedules, t_min=1e-5)
+    out = per_token_metrics(jax.device_get(m))
+    assert out["loss/text"] == pytest.approx(1.0, rel=0.04)
+    assert out["loss/image"] == pytest.approx(2.0, rel=0.04)
+    assert "loss/audio" not in out
+    assert out["bits/image"] == pytest.approx(out["loss/image"] / math.log(2))
+    assert float(m["nelbo_sum"]) == pytest.approx(float(m["nelbo_sum/text"] + m["nelbo_sum/image"]), rel=1e-5)
+
+
+def test_padding_never_counts_and_conditions_never_masked():
+    data = text_batch(64, 12)
+    data["loss_mask"][:, :3] = 0
+    data["cond_mask"][:, :3] = 1  # a condition
+    data["loss_mask"][:, -2:] = 0
+    data["modality"][:, -2:] = 0
+    data["segment_ids"][:, -2:] = 0
+    data["tokens"][:, -2:] = VOCAB.pad_id
+    data = {k: jnp.asarray(v) for k, v in data.items()}
+    seen = {}
+
+    def spy(noisy, batch):
+        seen["noisy"] = noisy
+        return jnp.zeros(noisy.shape + (VOCAB.size,))
+
+    _, m = mdm_loss(spy, data, jax.random.key(0), vocab=VOCAB, schedules=uniform_schedules("linear"), cond_dropout=0.0)
+    assert float(m["count"]) == 64 * 7
+    noisy = np.asarray(seen["noisy"])
+    assert not np.any(noisy[:, :3] == VOCAB.mask_id), "condition tokens must never be masked"
+    assert not np.any(noisy[:, -2:] == VOCAB.mask_id), "padding must never be masked"
+    assert np.any(noisy[:, 3:-2] == VOCAB.mask_id)
+
+
+def test_condition_dropout_is_per_example():
+    data = text_batch(2000, 6)
+    data["loss_mask"][:, :3] = 0
+    data["cond_mask"][:, :3] = 1
+    data = {k: jnp.asarray(v) for k, v in data.items()}
+    seen = {}
+
+    def spy(noisy, batch):
+        seen["noisy"] = noisy
+        return jnp.zeros(noisy.shape + (VOCAB.size,))
+
+    mdm_loss(spy, data, jax.random.key(3), vocab=VOCAB, schedules=uniform_schedules("linear"), cond_dropout=0.3)
+    dropped = np.asarray(seen["noisy"])[:, :3] == VOCAB.mask_id
+    assert np.all(dropped.all(axis=1) | ~dropped.any(axis=1)), "a condition is dropped whole or not at all"
+    assert dropped[:, 0].mean() == pytest.approx(0.3, abs=0.04)
+
+
+def test_antithetic_times_are_stratified_and_clipped():
+    t = np.sort(np.asarray(sample_times(jax.random.key(0), 16, t_min=0.01, antithetic=True)))
+    assert t.min() >= 0.01 and t.max() <= 0.99
+    np.testing.assert_allclose(np.diff(t), 0.98 / 16, rtol=1e-4)
+
+
+def test_anti_masking_pairs_complementary_masks():
+    data = {k: jnp.asarray(v) for k, v in text_batch(8, 32).items()}
+    seen = {}
+
+    def spy(noisy, batch):
+        seen["noisy"], seen["tokens"] = noisy, batch["tokens"]
+        return jnp.zeros(noisy.shape + (VOCAB.size,))
+
+    mdm_loss(spy, data, jax.random.key(0), vocab=VOCAB, schedules=uniform_schedules("cosine"), anti_masking=True)
+    masked = np.asarray(seen["noisy"]) == VOCAB.mask_id
+    np.testing.assert_array_equal(np.asarray(seen["tokens"])[:4], np.asarray(seen["tokens"])[4:])
+    np.testing.assert_array_equal(masked[:4], ~masked[4:])
+    with pytest.raises(ValueError, match="must be even"):
+        mdm_loss(spy, {k: v[:3] for k, v in data.items()}, jax.random.key(0), vocab=VOCAB,
+                 schedules=uniform_schedules("linear"), anti_masking=True)
+
+
+def test_corrupt_rate_follows_schedule():
+    data = {k: jnp.asarray(v) for k, v in text_batch(256, 64).items()}
+    t = jnp.full((256,), 0.3)
+    _, masked = corrupt(jax.random.key(0), data, t, vocab=VOCAB, schedules=uniform_schedules("polynomial(2)"))
+    assert float(masked.mean()) == pytest.approx(0.09, abs=0.01)
