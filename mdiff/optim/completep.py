@@ -66,6 +66,8 @@ def path_name(path: tuple) -> str:
                 break
         else:
             parts.append(str(k))
+    if len(parts) > 1 and parts[-1] == "value":  # nnx.Variable leaves
+        parts.pop()
     return "/".join(parts).lower()
 
 

@@ -1,0 +1,444 @@
+"""`train_and_evaluate(config, workdir)`: the whole run, resumable, writing the run-directory contract.
+
+Order of work: check everything that can be wrong (plan, mesh, batch layout, checkpoint shape) before
+compiling anything; restore the newest readable checkpoint or initialise sharded; then loop, dispatching
+step n+1 before reading step n's metrics. SIGTERM saves a checkpoint and ends with status `preempted`;
+a non-finite loss ends with status `failed`, naming the step, and leaves the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mdiff import rundir
+from mdiff.config import ConfigError
+from mdiff.data.pipeline import make_pipeline, open_corpus
+from mdiff.diffusion.loss import per_token_metrics
+from mdiff.model import build_model
+from mdiff.model import scaling
+from mdiff.optim import completep, sde
+from mdiff.optim.adamw import make_optimizer
+from mdiff.optim.schedule import host_lr
+from mdiff.train import distributed, mfu, sharding, step as step_lib
+from mdiff.train.checkpoint import Checkpointer
+from mdiff.train.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up: everything derived from the config before any compilation
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    config: Any
+    workdir: pathlib.Path
+    plan: sde.OptimPlan
+    mesh: Any
+    vocab: Any
+    shape: Any
+    graphdef: Any
+    abstract_params: Any  # nnx.State (merge template)
+    tx: optax.GradientTransformation
+    state_sharding: Any
+    abstract_state: Any  # ShapeDtypeStructs with shardings
+    batch_sharding: Any
+    counts: dict[str, int]
+    flops_per_token: float
+
+
+def check_batch_layout(config: Any, dp: int) -> None:
+    """Physical batch vs data-parallel size x micro-batches (x 2 with anti-masking pairs)."""
+    t = config.train
+    group = 2 if config.diffusion.anti_masking else 1
+    unit = dp * t.microbatches * group
+    if t.batch % unit:
+        fits = [b for b in (t.batch - t.batch % unit, t.batch - t.batch % unit + unit) if b > 0]
+        raise ConfigError(
+            f"config.train.batch={t.batch}: must be divisible by data-parallel size {dp} x train.microbatches="
+            f"{t.microbatches}" + (" x 2 (anti-masking pairs)" if group == 2 else "") + f" = {unit}; "
+            f"e.g. train.batch={' or '.join(map(str, fits))}"
+        )
+    eval_rows = eval_batch_size(config)
+    if eval_rows % (dp * group):
+        raise ConfigError(
+            f"config.train.eval_batch={eval_rows}: must be divisible by data-parallel size {dp}"
+            + (" x 2" if group == 2 else "")
+        )
+
+
+def eval_batch_size(config: Any) -> int:
+    return config.train.eval_batch or config.train.batch // config.train.microbatches
+
+
+def setup(config: Any, workdir: pathlib.Path, vocab: Any) -> Run:
+    plan = sde.plan(config)
+    mesh = sharding.make_mesh(config)
+    check_batch_layout(config, sharding.data_parallel_size(mesh, config))
+    shape = scaling.resolve_shape(config.model)
+    m_n, m_l = completep.width_depth_ratios(shape.width, shape.depth, config.optim)
+    branch = completep.residual_multiplier(m_l, config.optim.depth_alpha, config.optim.completep)
+    seq_len = config.data.seq_len
+
+    def make_model():
+        return build_model(config.model, vocab, seq_len, rngs=nnx.Rngs(config.seed), branch_scale=branch)
+
+    graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model))
+    params_sh = sharding.param_shardings(abstract_params, mesh, config)
+    abstract_pure = nnx.to_pure_dict(abstract_params)
+    tx = make_optimizer(config.optim, plan, abstract_pure, model_width=shape.width, model_depth=shape.depth)
+    replicated = NamedSharding(mesh, P())
+    abstract_opt = jax.eval_shape(tx.init, abstract_pure)
+    # Moments shard like their parameters; counts and masked-out slots (multi_transform) are replicated.
+    masked = optax.transforms.MaskedNode
+    opt_sh = optax.tree_map_params(
+        tx,
+        lambda leaf, sh: leaf if isinstance(leaf, masked) else sh,
+        abstract_opt,
+        params_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, (NamedSharding, masked)),
+    )
+    state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated, "rng": replicated}
+    shapes = {
+        "params": abstract_pure,
+        "opt_state": abstract_opt,
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+    }
+    abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_sh)
+    return Run(
+        config=config,
+        workdir=workdir,
+        plan=plan,
+        mesh=mesh,
+        vocab=vocab,
+        shape=shape,
+        graphdef=graphdef,
+        abstract_params=abstract_params,
+        tx=tx,
+        state_sharding=state_sh,
+        abstract_state=abstract_state,
+        batch_sharding=sharding.batch_sharding(mesh, config),
+        counts=scaling.param_counts(shape, vocab.size),
+        flops_per_token=scaling.flops_per_token(shape, vocab.size, seq_len),
+    )
+
+
+def init_state(run: Run) -> dict:
+    """Initialise parameters and optimiser state directly in their shardings (never on one device)."""
+    config = run.config
+    m_l = run.shape.depth / config.optim.depth_base
+    branch = completep.residual_multiplier(m_l, config.optim.depth_alpha, config.optim.completep)
+
+    def init():
+        model = build_model(config.model, run.vocab, config.data.seq_len, rngs=nnx.Rngs(config.seed), branch_scale=branch)
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        return {
+            "params": params,
+            "opt_state": run.tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(config.seed + 1)).astype(jnp.uint32),
+        }
+
+    return jax.jit(init, out_shardings=run.state_sharding)()
+
+
+class NonFiniteLoss(FloatingPointError):
+    def __init__(self, step: int, loss: float, grad_norm: float):
+        super().__init__(f"non-finite loss at step {step} (loss {loss}, grad norm {grad_norm})")
+        self.step = step
+
+
+def param_shapes(abstract_params: Any) -> dict[str, list[int]]:
+    return {completep.path_name(p): list(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
+
+
+def shape_checker(run: Run):
+    want = param_shapes(nnx.to_pure_dict(run.abstract_params))
+
+    def check(meta: dict) -> None:
+        have = meta.get("param_shapes")
+        if have is None or have == want:
+            return
+        diffs = [f"{k}: {have.get(k)} -> {want.get(k)}" for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+        raise ConfigError(
+            f"config.model: the checkpoint in {run.workdir / rundir.CHECKPOINT_DIR} holds a model of another shape "
+            f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}); resume with the model config it was "
+            "trained with, or start afresh with --overwrite"
+        )
+
+    return check
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: fixed seed, fixed t, the start of the validation split
+# ---------------------------------------------------------------------------------------------
+def make_evaluator(run: Run):
+    config = run.config
+    rows = eval_batch_size(config)
+    setup_eval = step_lib.loss_setup(config, run.graphdef, run.abstract_params, run.vocab, train=False)
+    eval_step = jax.jit(
+        step_lib.make_eval_step(setup_eval),
+        in_shardings=(run.state_sharding["params"], run.batch_sharding, None),
+    )
+    eval_config = config.copy_and_resolve_references()
+    with eval_config.unlocked():
+        eval_config.train.batch = rows
+
+    corpus = []  # opened on first use, then reused
+
+    def evaluate(params: dict) -> dict[str, float]:
+        if not corpus:
+            corpus.append(open_corpus(eval_config, "validation"))
+        pipeline = make_pipeline(eval_config, "validation", corpus=corpus[0])
+        totals: dict[str, float] = {}
+        try:
+            for b in range(config.train.eval_batches):
+                batch = sharding.global_batch(next(pipeline), run.batch_sharding, rows)
+                key = jax.random.fold_in(jax.random.key(config.train.eval_seed), b)
+                sums = jax.device_get(eval_step(params, batch, key))
+                for k, v in sums.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+        finally:
+            pipeline.close()
+        return per_token_metrics(totals, prefix="eval/") if totals else {}
+
+    return evaluate
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals
+# ---------------------------------------------------------------------------------------------
+class Preemption:
+    """Turns SIGTERM into a flag the loop polls; the previous handler is restored on exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "Preemption":
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def reached(self, checkpointer: Checkpointer, step: int) -> bool:
+        if jax.process_count() > 1:
+            try:
+                return self.requested or checkpointer._manager.reached_preemption(step)
+            except Exception:  # noqa: BLE001 - no preemption service: rely on the signal
+                return self.requested
+        return self.requested
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Train `config` in `workdir` (resuming from its checkpoints); return the summary."""
+    distributed.initialize()
+    started = time.time()
+    workdir = pathlib.Path(workdir)
+    pipeline = make_pipeline(config, "train")
+    run = setup(config, workdir, pipeline.vocab)
+    sde.log_plan(run.plan)
+    checkpointer = Checkpointer(workdir / rundir.CHECKPOINT_DIR, keep=config.train.keep_checkpoints,
+                                use_async=config.train.checkpoint_async)
+    restored = checkpointer.restore(run.abstract_state, check_meta=shape_checker(run))
+    if restored is not None:
+        start, state, meta = restored
+        pipeline.set_state(meta["data"])
+        wall_before = float(meta.get("wall_s", 0.0))
+        log.info("resuming from step %d", start)
+    else:
+        start, state, wall_before = 0, init_state(run), 0.0
+    rundir.write_config(workdir, config)
+    loop = _Loop(run, pipeline, checkpointer, start=start, wall_before=wall_before, started=started)
+    try:
+        with Preemption() as preemption:
+            return loop.run(state, preemption)
+    finally:
+        checkpointer.close()
+        pipeline.close()
+
+
+class _Loop:
+    def __init__(self, run: Run, pipeline, checkpointer: Checkpointer, *, start: int, wall_before: float, started: float):
+        self.run_ = run
+        self.config = run.config
+        self.pipeline = pipeline
+        self.checkpointer = checkpointer
+        self.start = start
+        self.wall_before = wall_before
+        self.started = started
+        self.tokens_per_step = run.plan.batch * run.plan.seq_len
+        t = self.config.train
+        self.metrics = rundir.JsonlWriter(run.workdir / rundir.METRICS_FILE, keep_until_step=start)
+        self.evals = rundir.JsonlWriter(run.workdir / rundir.EVAL_FILE, keep_until_step=start)
+        self.progress = Progress(run.plan.steps, start, enabled=t.progress)
+        self.peak = t.peak_flops or mfu.peak_flops_per_device(jax.devices()[0], self.config.model.dtype)
+        self.evaluate = make_evaluator(run)
+        self.last_eval: dict[str, float] = {}
+        self.sums: dict[str, float] = {}
+        self.window = (time.time(), start)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def wall(self) -> float:
+        return self.wall_before + time.time() - self.started
+
+    def meta(self, step: int) -> dict[str, Any]:
+        return {
+            "data": self.pipeline.get_state(),
+            "param_shapes": param_shapes(nnx.to_pure_dict(self.run_.abstract_params)),
+            "wall_s": self.wall(),
+            "step": step,
+        }
+
+    def save(self, state: dict, step: int) -> None:
+        self.checkpointer.save(step, state, self.meta(step))
+
+    def compile_step(self):
+        r = self.run_
+        setup_train = step_lib.loss_setup(self.config, r.graphdef, r.abstract_params, r.vocab)
+        fn = step_lib.make_train_step(setup_train, r.tx, self.config.train.microbatches)
+        return jax.jit(
+            fn, in_shardings=(r.state_sharding, r.batch_sharding), out_shardings=(r.state_sharding, None), donate_argnums=0
+        )
+
+    def next_batch(self) -> dict:
+        return sharding.global_batch(next(self.pipeline), self.run_.batch_sharding, self.config.train.batch)
+
+    # -- records ---------------------------------------------------------------------------------
+    def record(self, step: int, sums: dict) -> dict[str, Any] | None:
+        """Accumulate step metrics; write a metrics.jsonl record every log_every steps and at the end."""
+        sums = jax.device_get(sums)
+        for k, v in sums.items():
+            if k != "grad_norm":
+                self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        loss = float(sums["nelbo_sum"]) / max(float(sums["count"]), 1.0)
+        if not math.isfinite(loss) or not math.isfinite(float(sums["grad_norm"])):
+            raise NonFiniteLoss(step, loss, float(sums["grad_norm"]))
+        if step % self.config.train.log_every and step != self.run_.plan.steps:
+            return None
+        now = time.time()
+        elapsed = max(now - self.window[0], 1e-9)
+        tokens_per_s = (step - self.window[1]) * self.tokens_per_step / elapsed
+        self.window = (now, step)
+        losses = per_token_metrics(self.sums)
+        self.sums = {}
+        flops_per_s = tokens_per_s * self.run_.flops_per_token
+        rec = {
+            "step": step,
+            "tokens": step * self.tokens_per_step,
+            "flops": step * self.tokens_per_step * self.run_.flops_per_token,
+            "wall_s": self.wall(),
+            **{k: v for k, v in losses.items() if k.startswith("loss")},
+            "lr": host_lr(self.run_.plan, self.config.optim.schedule, self.config.optim.final_lr_fraction, step - 1),
+            "grad_norm": float(sums["grad_norm"]),
+            "tokens_per_s": tokens_per_s,
+        }
+        utilisation = mfu.mfu(flops_per_s, jax.device_count(), self.peak)
+        if utilisation is not None:
+            rec["mfu"] = utilisation
+        self.metrics.write(rec)
+        self.progress.update(step, rec["loss"])
+        return rec
+
+    def run_eval(self, state: dict, step: int) -> None:
+        result = self.evaluate(state["params"])
+        self.last_eval = result
+        self.evals.write({"step": step, "tokens": step * self.tokens_per_step, **result})
+
+    def summary(self, status: str, step: int, **extra) -> dict[str, Any]:
+        plan, counts = self.run_.plan, self.run_.counts
+        out = {
+            "status": status,
+            "name": self.config.get("name", ""),
+            "params": counts["non_embedding"],
+            "params_total": counts["total"],
+            "params_embedding": counts["embedding"],
+            "tokens": step * self.tokens_per_step,
+            "flops": step * self.tokens_per_step * self.run_.flops_per_token,
+            "steps": step,
+            "steps_planned": plan.steps,
+            "batch_physical": plan.batch,
+            "batch_logical": plan.batch_logical,
+            "kappa": plan.kappa,
+            "lr": plan.lr,
+            **self.last_eval,
+            "wall_s": self.wall(),
+            **extra,
+        }
+        rundir.write_summary(self.run_.workdir, out)
+        return out
+
+    def should(self, every: int, step: int) -> bool:
+        return every > 0 and step % every == 0 and step != self.run_.plan.steps
+
+    # -- main loop -----------------------------------------------------------------------------------
+    def run(self, state: dict, preemption: Preemption) -> dict[str, Any]:
+        t, total = self.config.train, self.run_.plan.steps
+        train_step = self.compile_step()
+        pending: tuple[int, Any] | None = None  # (step, device metrics) not yet read
+        step = self.start
+        try:
+            while step < total:
+                state, metrics = train_step(state, self.next_batch())
+                step += 1
+                if pending is not None:
+                    self.record(*pending)
+                pending = (step, metrics)
+                boundary = self.should(t.checkpoint_every, step) or self.should(t.eval_every, step)
+                stop = preemption.reached(self.checkpointer, step)
+                if boundary or stop or step == total:
+                    self.record(*pending)
+                    pending = None
+                if self.should(t.eval_every, step):
+                    self.run_eval(state, step)
+                if self.should(t.checkpoint_every, step) or (stop and step < total):
+                    self.save(state, step)
+                if stop and step < total:
+                    self.checkpointer.wait()
+                    log.warning("preempted at step %d: checkpoint saved", step)
+                    self.progress.close()
+                    return self.summary("preempted", step)
+            self.save(state, step)
+            self.run_eval(state, step)
+            self.checkpointer.wait()
+            self.progress.close()
+            return self.summary("complete", step)
+        except NonFiniteLoss as e:
+            log.error("%s; stopping, the last good checkpoint is kept", e)
+            self.progress.close()
+            return self.summary("failed", e.step - 1, error=str(e), failed_step=e.step)
+        except BaseException as e:
+            if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+                self.summary("failed", step, error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            self.metrics.close()
+            self.evals.close()
