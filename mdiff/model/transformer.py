@@ -24,7 +24,10 @@ from flax import nnx
 
 from mdiff.data.vocab import UnifiedVocab
 from mdiff.model.scaling import NUM_MODALITIES, ModelShape, padded_vocab
+from mdiff.parallel import constrain
 from mdiff.parallel_defaults import LOGICAL_AXES
+
+ACT = ("batch", "sequence", None)  # activations: split over the batch axes, replicated elsewhere
 
 NEG_INF = -1e9  # logit of ids outside a position's modality range (finite: no inf - inf NaNs)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -153,7 +156,7 @@ def block_forward(
     else:
         act = jax.nn.gelu(up[0])
     mlp = jnp.einsum("blf,fd->bld", act, p["mlp_down"].astype(dt))
-    return x + opts.branch_scale * mlp
+    return constrain(x + opts.branch_scale * mlp, ACT)
 
 
 def attention(
@@ -202,8 +205,11 @@ class Transformer(nnx.Module):
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's maximum {self.max_len}")
         dt = self.opts.dtype
-        x = jnp.take(self.embed[...], tokens, axis=0) + jnp.take(self.modality_embed[...], modality, axis=0)
-        x = x.astype(dt)
+        # Gather from the whole table (all-gathered, like any FSDP weight): a vocab-split gather reshards badly.
+        table = constrain(self.embed[...], (None, None))
+        modality_table = constrain(self.modality_embed[...], (None, None))
+        x = jnp.take(table, tokens, axis=0) + jnp.take(modality_table, modality, axis=0)
+        x = constrain(x.astype(dt), ACT)
         cos, sin = rope_tables(positions, self.shape.head_dim, self.opts.rope_theta)
         mask = (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
         x = self.blocks(x, AttentionContext(mask, cos, sin))

@@ -1,0 +1,241 @@
+"""Device mesh, logical-axis rules, sharded initialisation and global batches.
+
+One global mesh with axes (data, fsdp, tensor). Parameters carry logical axis names (`logical_axes`
+metadata, see mdiff.model.transformer); `config.mesh.rules` maps each logical name to a mesh axis, a
+tuple of mesh axes or None (replicated). An unmapped, doubly mapped or unknown axis is an error,
+never a silent replication. State is created already sharded: `nnx.eval_shape` gives the abstract
+model, its logical axes give shardings, and a jitted init writes each shard where it lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from mdiff.parallel_defaults import LOGICAL_AXES, MESH_AXES
+
+Rules = dict[str, Any]  # logical axis -> None | mesh axis | tuple of mesh axes
+
+
+class ShardingError(ValueError):
+    """A mesh, rule set or array that cannot be sharded as asked."""
+
+
+def _get(cfg: Any, key: str) -> Any:
+    return cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh
+# ---------------------------------------------------------------------------------------------
+def mesh_shape(shape_cfg: Mapping[str, int], n_devices: int) -> tuple[int, ...]:
+    """Resolve -1 and check the product against the device count; ordered as MESH_AXES."""
+    shape = {axis: int(shape_cfg[axis]) for axis in MESH_AXES}
+    fixed = math.prod(v for v in shape.values() if v != -1)
+    free = [a for a, v in shape.items() if v == -1]
+    if len(free) > 1:
+        raise ShardingError(f"config.mesh.shape={shape}: at most one axis may be -1")
+    if free:
+        if n_devices % fixed:
+            raise ShardingError(
+                f"config.mesh.shape={shape}: fixed axes need a multiple of {fixed} devices, have {n_devices}"
+            )
+        shape[free[0]] = n_devices // fixed
+    if math.prod(shape.values()) != n_devices:
+        raise ShardingError(
+            f"config.mesh.shape={shape} needs {math.prod(shape.values())} devices, have {n_devices}; "
+            f"shapes that fit: {_fitting_shapes(n_devices)}"
+        )
+    return tuple(shape[a] for a in MESH_AXES)
+
+
+def _fitting_shapes(n: int) -> str:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    examples = [dict(data=n // (f * t), fsdp=f, tensor=t) for f in divisors for t in divisors if n % (f * t) == 0]
+    return "; ".join(str(e) for e in examples[:6]) + (" ..." if len(examples) > 6 else "") + " (or one axis -1)"
+
+
+def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh `config.mesh` describes, with Auto (GSPMD) axis types."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(dict(_get(mesh_cfg, "shape")), len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logical-axis rules
+# ---------------------------------------------------------------------------------------------
+def logical_rules(mesh_cfg: Any) -> Rules:
+    """Validated rules: every logical axis mapped exactly once, only to existing mesh axes."""
+    raw = _get(mesh_cfg, "rules")
+    rules: Rules = {}
+    for entry in raw:
+        if len(entry) != 2:
+            raise ShardingError(f"config.mesh.rules entry {entry!r}: expected (logical_axis, mesh_axes)")
+        name, target = entry[0], _normalise_target(entry[1])
+        if name not in LOGICAL_AXES:
+            raise ShardingError(f"config.mesh.rules: unknown logical axis {name!r}; known: {', '.join(LOGICAL_AXES)}")
+        for axis in () if target is None else (target if isinstance(target, tuple) else (target,)):
+            if axis not in MESH_AXES:
+                raise ShardingError(
+                    f"config.mesh.rules[{name!r}] -> {axis!r}: no such mesh axis; mesh axes: {', '.join(MESH_AXES)}"
+                )
+        if name in rules and rules[name] != target:
+            raise ShardingError(
+                f"config.mesh.rules maps logical axis {name!r} twice, differently: {rules[name]!r} and {target!r}"
+            )
+        rules[name] = target
+    missing = [a for a in LOGICAL_AXES if a not in rules]
+    if missing:
+        raise ShardingError(f"config.mesh.rules: no rule for logical axes {missing} (use None to replicate)")
+    return rules
+
+
+def _normalise_target(target: Any) -> Any:
+    if target is None or isinstance(target, str):
+        return target
+    target = tuple(target)
+    return target[0] if len(target) == 1 else (target or None)
+
+
+def logical_to_spec(axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
+    """PartitionSpec for an array whose dims have these logical names (None = replicated dim)."""
+    out, used = [], []
+    for name in axes:
+        if name is None:
+            out.append(None)
+            continue
+        if name not in rules:
+            raise ShardingError(f"logical axis {name!r} has no rule in config.mesh.rules")
+        target = rules[name]
+        flat = () if target is None else (target if isinstance(target, tuple) else (target,))
+        clash = [a for a in flat if a in used]
+        if clash:
+            raise ShardingError(f"logical axes {tuple(axes)} would use mesh axis {clash[0]!r} twice")
+        used.extend(flat)
+        out.append(target)
+    return PartitionSpec(*out)
+
+
+def _axis_size(mesh: Mesh, target: Any) -> int:
+    if target is None:
+        return 1
+    flat = target if isinstance(target, tuple) else (target,)
+    return math.prod(mesh.shape[a] for a in flat)
+
+
+def named_sharding(mesh: Mesh, shape: Sequence[int], axes: Sequence[str | None], rules: Rules, what: str = "array") -> NamedSharding:
+    """NamedSharding for logical axes, with a clear error when a dim does not divide its mesh axes."""
+    spec = logical_to_spec(axes, rules)
+    for dim, target, name in zip(shape, spec, axes):
+        size = _axis_size(mesh, target)
+        if dim % size:
+            raise ShardingError(
+                f"{what}: dim {name!r} of size {dim} is not divisible by mesh axes {target!r} (size {size})"
+            )
+    return NamedSharding(mesh, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model state
+# ---------------------------------------------------------------------------------------------
+def _is_var(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: Rules) -> Any:
+    """Sharding tree for an (abstract) nnx State: from each Variable's `logical_axes` metadata."""
+
+    def one(path: tuple, var: Any) -> Any:
+        where = "/".join(str(p) for p in path)
+        if not _is_var(var):
+            return NamedSharding(mesh, PartitionSpec())
+        axes = var.get_metadata().get("logical_axes")
+        if axes is None:
+            raise ShardingError(f"parameter {where} has no logical_axes annotation")
+        return var.replace(named_sharding(mesh, var.shape, axes, rules, what=f"parameter {where}"))
+
+    return jax.tree_util.tree_map_with_path(one, state, is_leaf=_is_var)
+
+
+def sharded_init(make_model: Callable[[], nnx.Module], mesh: Mesh, rules: Rules) -> nnx.Module:
+    """Build a model directly in its sharded layout (no full copy on any single device)."""
+    abstract = nnx.eval_shape(make_model)
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = state_shardings(abstract_state, mesh, rules)
+
+    def init() -> Any:
+        return nnx.state(make_model())
+
+    with use_mesh(mesh, rules):
+        state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations: the model calls `constrain`, a no-op unless a mesh is active
+# ---------------------------------------------------------------------------------------------
+_ACTIVE: list[tuple[Mesh, Rules]] = []
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules: Rules) -> Iterator[None]:
+    """Make `mesh`/`rules` the target of `constrain` while tracing (and the ambient jax mesh)."""
+    _ACTIVE.append((mesh, rules))
+    try:
+        with jax.set_mesh(mesh):
+            yield
+    finally:
+        _ACTIVE.pop()
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    if not _ACTIVE:
+        return x
+    mesh, rules = _ACTIVE[-1]
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, rules)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches
+# ---------------------------------------------------------------------------------------------
+def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
+    """Leading dim over the mesh axes of logical 'batch'; the rest replicated."""
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules))
+
+
+def batch_parallelism(mesh: Mesh, rules: Rules) -> int:
+    """How many ways the global batch is split (product of the 'batch' mesh axes)."""
+    return _axis_size(mesh, rules["batch"])
+
+
+def check_divisible(global_batch_size: int, mesh: Mesh, rules: Rules, what: str = "config.train.batch") -> None:
+    """The global batch (and each host's share of it) must split evenly over the batch mesh axes."""
+    ways = batch_parallelism(mesh, rules)
+    if global_batch_size % ways:
+        raise ShardingError(
+            f"{what}={global_batch_size} is not divisible by the data-parallel size {ways} "
+            f"(mesh axes {rules['batch']!r} of shape {dict(mesh.shape)}); use a multiple of {ways}"
+        )
+    if global_batch_size % jax.process_count():
+        raise ShardingError(f"{what}={global_batch_size} is not divisible by the {jax.process_count()} processes")
+
+
+def global_batch(host_batch: Mapping[str, Any], mesh: Mesh, rules: Rules) -> dict[str, jax.Array]:
+    """This host's rows -> global jax.Arrays sharded over the batch axes (multi-host safe)."""
+    out = {}
+    for key, value in host_batch.items():
+        value = np.asarray(value)
+        global_rows = value.shape[0] * jax.process_count()
+        check_divisible(global_rows, mesh, rules, what=f"global batch rows of {key!r}")
+        sharding = batch_sharding(mesh, rules, value.ndim)
+        global_shape = (global_rows,) + value.shape[1:]
+        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    return out

@@ -1,0 +1,154 @@
+"""The transformer: shapes, logit restriction, segment isolation, RoPE, scan/remat/bf16 variants, bad input."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mdiff.data.layout import LayoutError
+from mdiff.data.vocab import Modality, UnifiedVocab, VocabError
+from mdiff.model import build_model, check_mask_id, check_model_inputs
+from mdiff.model.transformer import NEG_INF
+
+VOCAB = UnifiedVocab(40, 20, 12)
+CFG = dict(width=32, depth=2, heads=2, mlp_hidden=64)
+B, L = 2, 12
+
+
+def make_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(*VOCAB.range("text"), (B, L)).astype(np.int32)
+    modality = np.full((B, L), int(Modality.TEXT), np.int32)
+    tokens[:, 6:] = rng.integers(*VOCAB.range("image"), (B, 6))
+    modality[:, 6:] = int(Modality.IMAGE)
+    tokens[:, 0] = VOCAB.task_id("t2i")
+    modality[:, 0] = 0
+    seg = np.ones((B, L), np.int32)
+    seg[:, 8:] = 2
+    positions = np.concatenate([np.arange(8), np.arange(4)])[None].repeat(B, 0).astype(np.int32)
+    loss_mask = (modality > 0).astype(np.int32)
+    return dict(tokens=tokens, modality=modality, segment_ids=seg, positions=positions, loss_mask=loss_mask,
+                cond_mask=np.zeros_like(tokens))
+
+
+@nnx.jit
+def _forward(model, tokens, modality, segment_ids, positions):
+    return model(tokens, modality, segment_ids, positions)
+
+
+def apply(model, b):
+    return _forward(model, *(jnp.asarray(b[k]) for k in ("tokens", "modality", "segment_ids", "positions")))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(CFG, VOCAB, 32, rngs=nnx.Rngs(0))
+
+
+def test_logits_shape_and_restriction(model):
+    b = make_batch()
+    logits = np.asarray(apply(model, b))
+    assert logits.shape == (B, L, VOCAB.size) and logits.dtype == np.float32
+    for m in (Modality.TEXT, Modality.IMAGE):
+        lo, hi = VOCAB.range(m)
+        rows = logits[b["modality"] == m]
+        assert np.all(rows[:, :lo] == NEG_INF) and np.all(rows[:, hi:] == NEG_INF)
+        assert np.all(rows[:, lo:hi] > NEG_INF / 2)
+    specials = logits[b["modality"] == 0]
+    assert np.all(specials[:, VOCAB.mask_id] == NEG_INF), "MASK is never predicted"
+
+
+def test_attention_stays_inside_segments_and_is_bidirectional(model):
+    b = make_batch()
+    base = np.asarray(apply(model, b))
+    changed = dict(b, tokens=b["tokens"].copy())
+    changed["tokens"][:, 9] = VOCAB.range("image")[0]  # inside segment 2
+    out = np.asarray(apply(model, changed))
+    np.testing.assert_array_equal(out[:, :8], base[:, :8])
+    assert not np.allclose(out[:, 8:], base[:, 8:])
+    changed = dict(b, tokens=b["tokens"].copy())
+    changed["tokens"][:, 7] = VOCAB.range("image")[0] + 1  # late in segment 1 changes early positions
+    assert not np.allclose(np.asarray(apply(model, changed))[:, 1], base[:, 1])
+
+
+def test_rope_depends_on_relative_positions_only(model):
+    b = make_batch()
+    shifted = dict(b, positions=b["positions"] + 5)
+    np.testing.assert_allclose(np.asarray(apply(model, shifted)), np.asarray(apply(model, b)), atol=2e-4)
+    shuffled = dict(b, positions=b["positions"][:, ::-1].copy())
+    assert not np.allclose(np.asarray(apply(model, shuffled)), np.asarray(apply(model, b)), atol=1e-3)
+
+
+def _stack_into(scanned, layered):
+    for name, var in scanned.blocks.stacked.items():
+        var[...] = jnp.stack([layer[name][...] for layer in layered.blocks.layers])
+    for name in ("embed", "modality_embed", "final_norm", "head"):
+        getattr(scanned, name)[...] = getattr(layered, name)[...]
+
+
+def test_scan_and_remat_match_plain_layers(model):
+    b = make_batch()
+    scanned = build_model(dict(CFG, scan_layers=True, remat=True), VOCAB, 32, rngs=nnx.Rngs(1))
+    _stack_into(scanned, model)
+
+    def loss(m):
+        return jnp.mean(jax.nn.log_softmax(apply(m, b))[..., 20])
+
+    np.testing.assert_allclose(np.asarray(apply(scanned, b)), np.asarray(apply(model, b)), rtol=1e-5, atol=1e-5)
+    grad = nnx.jit(nnx.grad(loss))
+    g_plain, g_scan = grad(model), grad(scanned)
+    np.testing.assert_allclose(np.asarray(g_scan["head"][...]), np.asarray(g_plain["head"][...]), rtol=1e-4, atol=1e-6)
+    stacked = np.asarray(g_scan["blocks"]["stacked"]["qkv"][...])
+    np.testing.assert_allclose(stacked[1], np.asarray(g_plain["blocks"]["layers"][1]["qkv"][...]), rtol=1e-3, atol=1e-6)
+
+
+def test_bfloat16_compute_close_to_float32(model):
+    b = make_batch()
+    low = build_model(dict(CFG, dtype="bfloat16"), VOCAB, 32, rngs=nnx.Rngs(0))
+    assert low.head[...].dtype == jnp.float32, "parameters stay float32"
+    ref = np.asarray(jax.nn.log_softmax(apply(model, b)))
+    out = np.asarray(jax.nn.log_softmax(apply(low, b)))
+    assert out.dtype == np.float32
+    allowed = ref > NEG_INF / 2
+    np.testing.assert_allclose(out[allowed], ref[allowed], atol=0.15)
+
+
+def test_gelu_variant_runs():
+    m = build_model(dict(CFG, mlp_type="gelu"), VOCAB, 32, rngs=nnx.Rngs(0))
+    assert m.blocks.layers[0]["mlp_in"][...].shape == (32, 1, 64)
+    assert np.all(np.isfinite(np.asarray(apply(m, make_batch()))[..., 20]))
+
+
+def test_bad_inputs_fail_before_compiling(model):
+    b = make_batch()
+    too_long = {k: np.tile(v, (1, 3)) for k, v in b.items()}
+    with pytest.raises(ValueError, match="exceeds the model's maximum 32"):
+        apply(model, too_long)
+    with pytest.raises(LayoutError, match="exceeds the model's maximum 32"):
+        check_model_inputs(too_long, VOCAB, 32)
+    bad = dict(b, tokens=b["tokens"].copy())
+    bad["tokens"][0, 3] = VOCAB.size + 7
+    with pytest.raises(VocabError, match="outside the vocabulary"):
+        check_model_inputs(bad, VOCAB, 32)
+    masked_target = dict(b, tokens=b["tokens"].copy())
+    masked_target["tokens"][0, 3] = VOCAB.mask_id
+    with pytest.raises(LayoutError, match="MASK ids at target positions"):
+        check_model_inputs(masked_target, VOCAB, 32)
+    check_model_inputs(b, VOCAB, 32)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskInTextVocab(UnifiedVocab):
+    @property
+    def mask_id(self) -> int:
+        return self.range("text")[0] + 1
+
+
+def test_mask_id_inside_a_modality_range_is_rejected():
+    with pytest.raises(ValueError, match="inside the text range"):
+        check_mask_id(MaskInTextVocab(40, 20, 12))
+    with pytest.raises(ValueError, match="inside the text range"):
+        check_model_inputs(make_batch(), MaskInTextVocab(40, 20, 12), 32)
