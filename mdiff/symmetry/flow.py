@@ -149,12 +149,23 @@ class ConditionalFlow(nnx.Module):
         base = jnp.sum(-0.5 * ((z - mu) / sigma) ** 2 - jnp.log(sigma) - 0.5 * math.log(2 * math.pi), axis=-1)
         return base + total
 
+    def _from_base(self, z: jax.Array, h: jax.Array) -> jax.Array:
+        for layer in reversed(self.layers):
+            z, _ = layer(z, h, inverse=True)
+        return self.bounds.to_eta(z)
+
+    def eta_from_base(self, z: jax.Array, x_hat: jax.Array) -> jax.Array:
+        """The sampling map: base point z [B, dim] -> eta [B, dim] (for change-of-variables checks)."""
+        h, _, _, _ = self._context(x_hat, None)
+        return self._from_base(z, h)
+
+    def base_params(self, x_hat: jax.Array) -> tuple[jax.Array, jax.Array]:
+        _, mu, sigma, _ = self._context(x_hat, None)
+        return mu, sigma
+
     def sample(self, key: jax.Array, x_hat: jax.Array, n: int = 1) -> jax.Array:
         """n samples per prototype: [n, B, dim] (dropout off)."""
         h, mu, sigma, _ = self._context(x_hat, None)
         z = mu + sigma * jax.random.normal(key, (n, *mu.shape))
         hs = jnp.broadcast_to(h, (n, *h.shape)).reshape(-1, h.shape[-1])
-        z = z.reshape(-1, self.dim)
-        for layer in reversed(self.layers):
-            z, _ = layer(z, hs, inverse=True)
-        return self.bounds.to_eta(z).reshape(n, *mu.shape)
+        return self._from_base(z.reshape(-1, self.dim), hs).reshape(n, *mu.shape)
