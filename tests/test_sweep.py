@@ -134,13 +134,14 @@ def test_names():
     assert short_keys(["data.mix.text", "diffusion.schedule.text"]) == {
         "data.mix.text": "mix.text", "diffusion.schedule.text": "schedule.text"}  # fmt: skip
     assert [format_value(v) for v in (2_000_000, 1500, 999, 0.25, 1e-3, True, "polynomial(2)", (2, 3), 3e6)] == [
-        "2M", "1.5k", "999", "0.25", "0.001", "true", "polynomial-2", "2x3", "3M"]  # fmt: skip
+        "2M", "1500", "999", "0.25", "0.001", "true", "polynomial-2", "2x3", "3M"]
+    assert format_value(453321162752) == "453.3G" and format_value(88064) == "88.06k"  # fmt: skip
 
 
 def test_expansion_names_and_overrides(env):
     runs = msweep.expand(tiny_sweep(env))
-    assert [r.name for r in runs] == ["width-32_tokens-4.096k", "width-32_tokens-8.192k",
-                                      "width-64_tokens-4.096k", "width-64_tokens-8.192k"]  # fmt: skip
+    assert [r.name for r in runs] == ["width-32_tokens-4096", "width-32_tokens-8192",
+                                      "width-64_tokens-4096", "width-64_tokens-8192"]  # fmt: skip
     assert runs[0].overrides == {"model.width": 32, "train.tokens": 4096}
     assert runs[0].planned_tokens == 4096
     args = runs[0].args("/w", {"seed": 3})
@@ -197,7 +198,7 @@ def test_runner_results_and_skip(env):
     assert list(rows[0]) == ["name", "model.width", "train.tokens", "params", "params_total", "tokens", "flops",
                              "loss", "loss_text", "loss_image", "loss_audio", "status"]  # fmt: skip
     assert {r["status"] for r in rows} == {"complete"}
-    row = next(r for r in rows if r["name"] == "width-64_tokens-8.192k")
+    row = next(r for r in rows if r["name"] == "width-64_tokens-8192")
     assert float(row["loss"]) == pytest.approx(2.0 + 100 / 64 + 1e4 / 8192)
     assert float(row["loss_image"]) == pytest.approx(float(row["loss"]) + 0.2) and row["loss_audio"] == ""
     assert row["model.width"] == "64" and row["params"] == str(64 * 64 * 12)
@@ -230,7 +231,7 @@ def test_other_sweep_directory_refused_unless_forced(env):
         msweep.run_sweep(other, out, entry=entry(env), progress=None)
     assert (out / "sweep.json").read_text() == before
     outcome = msweep.run_sweep(other, out, force=True, entry=entry(env), progress=None, poll_s=0.05)
-    assert sorted(outcome.started) == ["width-128_tokens-4.096k", "width-128_tokens-8.192k"]
+    assert sorted(outcome.started) == ["width-128_tokens-4096", "width-128_tokens-8192"]
     assert len(read_csv(out / "results.csv")) == 4
 
 

@@ -105,7 +105,8 @@ class Sweep:
     config:   the base experiment, `experiments/FILE.py:VARIANT`.
     points:   override dicts (see the combinators); each becomes one run named from its overrides.
     common:   overrides applied to every point; not axes, so they do not appear in run names.
-    command:  the `mdiff` subcommand that trains one point (`train`, or `symmetry train`).
+    command:  the `mdiff` subcommand (and any fixed arguments) that runs one point: `("train",)`,
+              `("symmetry", "train")`, or `("eval", "--run", DIR)` for a sampling sweep.
     devices:  devices each run uses (the mesh must fit them; batches must divide the data axes).
     hosts:    processes (hosts) each run spans; `mdiff sweep emit` asks the scheduler for this many nodes.
     """
@@ -141,7 +142,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, int):
         return _si(value)
     if isinstance(value, float):
-        if value.is_integer() and abs(value) >= 1000:
+        if value.is_integer() and abs(value) >= 10_000:
             return _si(int(value))
         return f"{value:.4g}"
     if isinstance(value, (tuple, list)):
@@ -150,9 +151,12 @@ def format_value(value: Any) -> str:
 
 
 def _si(n: int) -> str:
+    """Below 10000 as is; above, 4 significant digits and an SI suffix: 88064 -> 88.06k, 2000000 -> 2M."""
+    if abs(n) < 10_000:
+        return str(n)
     for suffix, scale in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3)):
-        if abs(n) >= scale and (n * 1000) % scale == 0:
-            return f"{n / scale:g}{suffix}"
+        if abs(n) >= scale:
+            return f"{n / scale:.4g}{suffix}"
     return str(n)
 
 

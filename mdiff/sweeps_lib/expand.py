@@ -39,8 +39,19 @@ def available_sweeps() -> list[str]:
 
 
 def load_sweep(spec: str) -> Sweep:
-    """`scaling:cpu` (a file in sweeps/) or `path/to/file.py:variant` -> the Sweep, named by the spec."""
-    file_part, _, variant = spec.partition(":")
+    """`scaling:cpu` (a file in sweeps/) or `path/to/file.py:variant` -> the Sweep, named by the spec.
+
+    Arguments may follow the variant, big_vision style: `sampling:cpu,run=out/runs/x` calls
+    `get_sweep("cpu", run="out/runs/x")`.
+    """
+    file_part, _, variant_args = spec.partition(":")
+    variant, *arg_items = variant_args.split(",") if variant_args else [""]
+    kwargs = {}
+    for item in arg_items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise SweepError(f"sweep {spec!r}: argument {item!r} is not KEY=VALUE")
+        kwargs[key] = value
     if file_part.endswith(".py"):
         path = pathlib.Path(file_part)
         if not path.is_absolute() and not path.exists():
@@ -56,10 +67,15 @@ def load_sweep(spec: str) -> Sweep:
     variant = variant or (variants[0] if variants else "")
     if variants and variant not in variants:
         raise SweepError(f"sweep {spec!r}: unknown variant {variant!r}; known: {', '.join(variants)}")
-    result = module.get_sweep(variant)
+    try:
+        result = module.get_sweep(variant, **kwargs)
+    except TypeError as e:
+        if not kwargs:
+            raise
+        raise SweepError(f"sweep {spec!r}: get_sweep does not take {sorted(kwargs)} ({e})") from None
     if not isinstance(result, Sweep):
         raise SweepError(f"sweep {spec!r}: get_sweep returned {type(result).__name__}, not a Sweep")
-    result.name = f"{path.stem}:{variant}" if variant else path.stem
+    result.name = f"{path.stem}:{','.join([variant, *arg_items])}" if variant else path.stem
     return result
 
 

@@ -207,17 +207,45 @@ def metrics_of(summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def extra_metrics(summary: dict[str, Any]) -> dict[str, Any]:
+    """Numeric eval/ figures beyond the loss columns (the symmetry model's NLL, recovery errors ...)."""
+    return {
+        k: v for k, v in summary.items()
+        if k.startswith("eval/") and not k.startswith(("eval/loss", "eval/bits"))
+        and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }  # fmt: skip
+
+
+def _config_value(config: dict[str, Any] | None, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def result_rows(sweep_dir: pathlib.Path, spec: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Columns: name, the swept axes, the contract's metric columns, status, then any extra eval/ figures.
+
+    A point that does not set an axis (a chain's baseline) shows the value its run's config.json holds.
+    """
     axes = list(spec.get("axes", []))
-    columns = ["name", *axes, *METRIC_COLUMNS, "status"]
-    rows = []
+    rows, extras = [], {}
     for point in spec.get("points", []):
         name = point["name"]
-        summary = read_json(run_dir(sweep_dir, name) / "summary.json") or {}
-        row = {"name": name, **{a: _cell(point["overrides"].get(a)) for a in axes}, **metrics_of(summary)}
+        rd = run_dir(sweep_dir, name)
+        summary = read_json(rd / "summary.json") or {}
+        config = None if all(a in point["overrides"] for a in axes) else read_json(rd / "config.json")
+        row = {"name": name}
+        for a in axes:
+            row[a] = _cell(point["overrides"][a] if a in point["overrides"] else _config_value(config, a))
+        row.update(metrics_of(summary))
         row["status"] = run_state(sweep_dir, name)
-        rows.append(row)
-    return columns, rows
+        extra = extra_metrics(summary)
+        extras.update(dict.fromkeys(extra))
+        rows.append(row | extra)
+    return ["name", *axes, *METRIC_COLUMNS, "status", *extras], rows
 
 
 def _cell(value: Any) -> Any:

@@ -1,0 +1,47 @@
+"""Every shipped sweep (sweeps/*.py), every variant: each point builds a valid config that fits its devices."""
+
+from __future__ import annotations
+
+import pytest
+
+from mdiff.sweep import available_sweeps, expand, load_sweep
+from mdiff.sweeps_lib.expand import SWEEPS_DIR, _import
+
+SHIPPED = [(name, variant) for name in available_sweeps() for variant in _import(SWEEPS_DIR / f"{name}.py").VARIANTS]
+
+
+def test_the_paper_studies_are_shipped():
+    assert {"scaling", "mixing", "schedules", "batch", "sampling", "symmetry"} <= set(available_sweeps())
+    for name in ("scaling", "mixing", "schedules", "batch", "sampling", "symmetry"):
+        variants = _import(SWEEPS_DIR / f"{name}.py").VARIANTS
+        assert "cpu" in variants and "pod" in variants, name
+
+
+@pytest.mark.parametrize("name,variant", SHIPPED, ids=[f"{n}:{v}" for n, v in SHIPPED])
+def test_every_point_builds(name, variant):
+    sweep = load_sweep(f"{name}:{variant}")
+    runs = expand(sweep)  # raises, naming each bad point, if any config is invalid or does not fit
+    assert len(runs) == len(sweep.points) >= 2
+    assert len({r.name for r in runs}) == len(runs)
+    if variant == "pod":
+        assert sweep.devices > 1
+
+
+def test_cpu_scaling_is_an_isoflop_grid_for_a_real_fit():
+    """4 sizes x 3 budgets (C, 2C, 4C); the points of a budget cost the same training FLOPs."""
+    from mdiff.config import load_config
+    from mdiff.model.scaling import PRESETS, flops_per_token
+    from mdiff.sweeps_lib.grids import vocab_size_of
+
+    sweep = load_sweep("scaling:cpu")
+    base = load_config(sweep.config)
+    vocab, seq_len = vocab_size_of(base), base.data.seq_len
+    assert vocab > 4096  # the embedded dataset's vocabulary, not the synthetic one
+    runs = expand(sweep)
+    assert len({r.overrides["model.size"] for r in runs}) == 4 and len(runs) == 12
+    flops = sorted(flops_per_token(PRESETS[r.overrides["model.size"]], vocab, seq_len) * r.overrides["train.tokens"] for r in runs)
+    groups = [flops[0:4], flops[4:8], flops[8:12]]
+    for g in groups:
+        assert max(g) / min(g) < 1.1, g
+    assert groups[1][0] / groups[0][0] == pytest.approx(2, rel=0.1)
+    assert groups[2][0] / groups[1][0] == pytest.approx(2, rel=0.1)
