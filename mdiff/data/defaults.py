@@ -35,16 +35,17 @@ def data_defaults() -> ml_collections.ConfigDict:
                 image_tokens=16,  # tokens per image (a square number: patches per side squared)
                 image_codebook=512,
                 audio_hop=512,  # samples per audio token at 16 kHz (512 -> 31.25 tokens/s)
-                audio_mels=80,
+                audio_mels=64,
                 audio_codebook=512,
                 griffin_lim_iters=32,
             ),
             # Fixed target/condition spans: text slot (captions, transcripts) and audio slot, in tokens.
             slots=dict(text=24, audio=80),
             # espeak-ng voices used to synthesise speech (comma separated), speeds (wpm) and pitches.
-            voices="en-us,en-gb,en-us+f3,en-gb-scotland,en-us+m7,en-029",
+            voices="en-us,en,en-us+f3,en-gb-scotland,en-us+m7,en-029",  # "en" is British English
             speeds="140,175,210",
             pitches="35,50,70",
+            speech_variants=2,  # voicings per training text (validation/test texts are spoken once)
         )
     )
 
