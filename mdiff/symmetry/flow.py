@@ -29,7 +29,7 @@ from mdiff.symmetry.transforms import Bounds
 
 MIN_BIN = 1e-3
 MIN_SLOPE = 1e-3
-_UNIT_SLOPE_SHIFT = math.log(math.e - 1.0)  # softplus(0 + shift) = 1
+_UNIT_SLOPE_SHIFT = math.log(math.expm1(1.0 - MIN_SLOPE))  # MIN_SLOPE + softplus(0 + shift) = 1
 
 
 # ---------------------------------------------------------------------------------------------
