@@ -107,7 +107,10 @@ def run(fn, batch, settings, *, alpha=linear_alpha, key=0, vocab_range=(LO, HI),
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def test_reveal_rates_match_exact_unmasking_probabilities_and_revealed_tokens_stay_frozen():
+@pytest.mark.parametrize("budget", [None, 8])
+def test_reveal_rates_match_exact_unmasking_probabilities_and_revealed_tokens_stay_frozen(budget, monkeypatch):
+    if budget is not None:  # force over-full steps onto the all-positions path
+        monkeypatch.setattr(S, "gather_budget", lambda *a: budget)
     length, rows, steps = 3, 4000, 6
     batch = text_batch(length, rows)
     out = run(text_oracle(correlated_joint(length)), batch, S.SamplerSettings(steps=steps, grid="cosine"), alpha=cosine_alpha, conditional=False, history=True)
@@ -144,7 +147,7 @@ def i2t_oracle(joint: np.ndarray):
 
 def test_guidance_scale_zero_is_exactly_the_conditional_sampler():
     joint = correlated_joint(3, seed=1)  # axis 0: condition, axes 1-2: targets
-    batch = i2t_batch(2, 512, cond_local=1)
+    batch = i2t_batch(2, 128, cond_local=1)
     fn = i2t_oracle(joint)
     for method in ("ancestral", "confidence"):
         settings = S.SamplerSettings(steps=8, method=method, guidance=0.0)

@@ -30,8 +30,9 @@ Confidence-ordered decoding (``method="confidence"``)
 Cost per step
     Drawing a categorical over V at every position (as md4 does) costs more than the forward pass on a
     CPU (anchor-bench.md section 4: 0.25 s of RNG vs 0.20 s forward). Here each step gathers only the
-    positions it commits ([B, K, V] with K static, a small bound on the per-step count; an over-full
-    step falls back to all L positions inside a `lax.cond`), slices the target modality's vocabulary
+    positions it commits ([K, V] with K static: a bound on the batch's per-step count, flattened over
+    rows for ancestral, per row for confidence; a rare over-full ancestral step falls back to all
+    positions inside a `lax.cond`), slices the target modality's vocabulary
     range (logits outside it are never sampled), and applies guidance, temperature, top-k, top-p and the
     Gumbel-max draw to that slice only.
 
@@ -178,15 +179,20 @@ def _round8(n: float, cap: int) -> int:
     return int(min(cap, max(8, 8 * math.ceil(n / 8))))
 
 
-def gather_budget(fractions: np.ndarray, seq_len: int, settings: SamplerSettings) -> int:
-    """Static number K of positions per row that a step draws at (the fast path)."""
-    per_step = np.diff(fractions) * seq_len
+def gather_budget(fractions: np.ndarray, rows: int, seq_len: int, settings: SamplerSettings) -> int:
+    """Static number of positions a step draws at on its fast path.
+
+    Ancestral: positions of the whole batch (flattened), since reveal counts vary by row: the largest
+    expected count per step plus 5 standard deviations (binomial) and some slack, a multiple of 8; a
+    step that reveals more (rare) takes the all-positions path. Confidence: per row, an exact bound.
+    """
+    per_step = float(np.diff(fractions).max())
     if settings.method == "confidence":
         # round(N a_{j+1}) - round(N a_j) <= N (a_{j+1} - a_j) + 1, plus the re-masked tokens.
-        return _round8(per_step.max() + 1 + math.ceil(settings.remask * seq_len), seq_len)
-    # Ancestral counts are binomial: mean + 5 standard deviations + slack; rarer steps take the slow path.
-    mean = per_step.max()
-    return _round8(mean + 5.0 * math.sqrt(mean) + 4, seq_len)
+        return int(min(seq_len, math.ceil(per_step * seq_len) + 1 + math.ceil(settings.remask * seq_len)))
+    mean = per_step * rows * seq_len
+    budget = 8 * math.ceil((mean + 5.0 * math.sqrt(mean) + 8) / 8)
+    return int(min(rows * seq_len, budget))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,8 +297,8 @@ class Sampler:
         self._logits_fn = logits_fn
         self._jitted = jax.jit(self._run, static_argnums=(0,))
 
-    def static(self, seq_len: int) -> _Static:
-        budget = gather_budget(self.fractions, seq_len, self.settings)
+    def static(self, rows: int, seq_len: int) -> _Static:
+        budget = gather_budget(self.fractions, rows, seq_len, self.settings)
         return _Static(self.settings, tuple(float(a) for a in self.fractions), self.vocab_range, self.mask_id, budget, self.history, self.cfg)
 
     def __call__(self, params: Any, batch: dict[str, Any], key: jax.Array) -> dict[str, jax.Array]:
@@ -300,7 +306,7 @@ class Sampler:
         for name in ("tokens", "loss_mask", "cond_mask", "modality", "segment_ids", "positions"):
             if name not in batch:
                 raise SamplingError(f"batch lacks {name!r}; a batch follows mdiff/data/layout.py")
-        return self._jitted(self.static(batch["tokens"].shape[1]), params, batch, key)
+        return self._jitted(self.static(*batch["tokens"].shape), params, batch, key)
 
     # -- inside jit ------------------------------------------------------------------------
     def _run(self, st: _Static, params: Any, batch: dict[str, jax.Array], key: jax.Array) -> dict[str, jax.Array]:
@@ -364,39 +370,39 @@ class Sampler:
         return logits[:b], logits[b:]
 
     def _gathered_log_probs(self, st: _Static, logits, idx: jax.Array) -> jax.Array:
-        """Guided log-probs over the target range at positions idx [B, K] -> [B, K, V_target]."""
+        """Guided log-probs over the target range at flat positions idx [K] -> [K, V_target]."""
         lo, hi = st.vocab_range
         cond, uncond = logits
 
         def take(x):
-            return jnp.take_along_axis(x, idx[..., None], axis=1)[..., lo:hi].astype(jnp.float32)
+            return jnp.take(x.reshape(-1, x.shape[-1]), idx, axis=0)[:, lo:hi].astype(jnp.float32)
 
         return guided_log_probs(take(cond), None if uncond is None else take(uncond), st.settings.guidance)
 
     def _commit(self, st: _Static, forward, tokens, reveal, key):
-        """Draw tokens at the `reveal` positions; K-position fast path, all-L fallback."""
+        """Draw tokens at the `reveal` positions: gathered fast path, all-positions fallback."""
         logits = forward(tokens)
-        seq_len = tokens.shape[1]
+        rows, seq_len = tokens.shape
+        n = rows * seq_len
+        flat_reveal = reveal.reshape(n)
 
         def at(budget: int):
-            def run(tokens):
-                if budget >= seq_len:
-                    idx = jnp.broadcast_to(jnp.arange(seq_len, dtype=jnp.int32), reveal.shape)
+            def run(flat_tokens):
+                if budget >= n:
+                    idx = jnp.arange(n, dtype=jnp.int32)
                 else:
-                    idx = jax.lax.top_k(reveal.astype(jnp.int32), budget)[1].astype(jnp.int32)
-                valid = jnp.take_along_axis(reveal, idx, axis=1)
+                    idx = jax.lax.top_k(flat_reveal.astype(jnp.int32), budget)[1].astype(jnp.int32)
                 log_probs = self._gathered_log_probs(st, logits, idx)
                 new = draw_tokens(log_probs, key, st.settings) + st.vocab_range[0]
-                old = jnp.take_along_axis(tokens, idx, axis=1)
-                rows = jnp.arange(tokens.shape[0])[:, None]
-                return tokens.at[rows, idx].set(jnp.where(valid, new, old))
+                return flat_tokens.at[idx].set(jnp.where(flat_reveal[idx], new, flat_tokens[idx]))
 
             return run
 
-        if st.budget >= seq_len:
-            return at(seq_len)(tokens)
-        fits = reveal.sum(-1).max() <= st.budget
-        return jax.lax.cond(fits, at(st.budget), at(seq_len), tokens)
+        flat = tokens.reshape(n)
+        if st.budget >= n:
+            return at(n)(flat).reshape(rows, seq_len)
+        fits = flat_reveal.sum() <= st.budget
+        return jax.lax.cond(fits, at(st.budget), at(n), flat).reshape(rows, seq_len)
 
     def _commit_confident(self, st: _Static, forward, state, masked, k, key):
         tokens, conf = state
@@ -409,7 +415,7 @@ class Sampler:
             st.settings.guidance,
         )
         score = jnp.where(masked, confidence(log_probs, st.settings.ordering), -jnp.inf)
-        budget = min(st.budget, tokens.shape[1])
+        budget = st.budget
         top_score, idx = jax.lax.top_k(score, budget)
         idx = idx.astype(jnp.int32)
         valid = (jnp.arange(budget)[None, :] < k[:, None]) & jnp.isfinite(top_score)
