@@ -9,6 +9,7 @@ a non-finite loss ends with status `failed`, naming the step, and leaves the las
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -165,6 +166,29 @@ class NonFiniteLoss(FloatingPointError):
         self.step = step
 
 
+def all_processes(obj: Any) -> list[Any]:
+    """Every process's JSON-able `obj`, in process order (orbax writes the JSON item from process 0)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.asarray(len(raw)))
+    padded = np.zeros(int(np.max(lengths)), np.uint8)
+    padded[: len(raw)] = raw
+    everyone = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(everyone, lengths)]
+
+
+def own_data_state(saved: list[Any]) -> Any:
+    if len(saved) != jax.process_count():
+        raise ConfigError(
+            f"the checkpoint's data-iterator state is from {len(saved)} processes; this run has "
+            f"{jax.process_count()}: resume with {len(saved)} processes"
+        )
+    return saved[jax.process_index()]
+
+
 def param_shapes(abstract_params: Any) -> dict[str, list[int]]:
     return {completep.path_name(p): list(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
 
@@ -184,6 +208,27 @@ def shape_checker(run: Run):
         )
 
     return check
+
+
+def jit_train_step(run: Run):
+    """The sharded train step, state donated: (state, global batch) -> (state, summed metrics)."""
+    setup_train = step_lib.loss_setup(run.config, run.graphdef, run.abstract_params, run.vocab)
+    fn = step_lib.make_train_step(setup_train, run.tx, run.config.train.microbatches)
+    return jax.jit(
+        fn, in_shardings=(run.state_sharding, run.batch_sharding), out_shardings=(run.state_sharding, None), donate_argnums=0
+    )
+
+
+def abstract_batch(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
+    from mdiff.data.layout import BATCH_KEYS
+
+    shape = (run.config.train.batch, run.config.data.seq_len)
+    return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=run.batch_sharding) for k in BATCH_KEYS}
+
+
+def compile_ahead_of_time(run: Run):
+    """Lower and compile the train step for `run`'s shapes and mesh without running anything."""
+    return jit_train_step(run).lower(run.abstract_state, abstract_batch(run)).compile()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,13 +291,21 @@ class Preemption:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def reached(self, checkpointer: Checkpointer, step: int) -> bool:
-        if jax.process_count() > 1:
-            try:
-                return self.requested or checkpointer._manager.reached_preemption(step)
-            except Exception:  # noqa: BLE001 - no preemption service: rely on the signal
-                return self.requested
-        return self.requested
+    def reached(self, checkpointer: Checkpointer, step: int, *, sync: bool) -> bool:
+        """Single process: the flag. Several: JAX's preemption sync point, or (every `sync` step) any
+        process's flag, so that all processes stop at the same step."""
+        if jax.process_count() == 1:
+            return self.requested
+        try:
+            if checkpointer._manager.reached_preemption(step):
+                return True
+        except Exception:  # noqa: BLE001 - no preemption service in this runtime: rely on the signal
+            pass
+        if sync:
+            from jax.experimental import multihost_utils
+
+            return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,13 +324,15 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
     restored = checkpointer.restore(run.abstract_state, check_meta=shape_checker(run))
     if restored is not None:
         start, state, meta = restored
-        pipeline.set_state(meta["data"])
+        pipeline.set_state(own_data_state(meta["data"]))
         wall_before = float(meta.get("wall_s", 0.0))
+        window = {k: float(v) for k, v in meta.get("window_sums", {}).items()}
         log.info("resuming from step %d", start)
     else:
-        start, state, wall_before = 0, init_state(run), 0.0
+        start, state, wall_before, window = 0, init_state(run), 0.0, {}
     rundir.write_config(workdir, config)
     loop = _Loop(run, pipeline, checkpointer, start=start, wall_before=wall_before, started=started)
+    loop.sums = window
     try:
         with Preemption() as preemption:
             return loop.run(state, preemption)
@@ -312,22 +367,18 @@ class _Loop:
 
     def meta(self, step: int) -> dict[str, Any]:
         return {
-            "data": self.pipeline.get_state(),
+            "data": all_processes(self.pipeline.get_state()),
             "param_shapes": param_shapes(nnx.to_pure_dict(self.run_.abstract_params)),
             "wall_s": self.wall(),
             "step": step,
+            "window_sums": dict(self.sums),  # metrics of steps since the last record (exact resume)
         }
 
     def save(self, state: dict, step: int) -> None:
         self.checkpointer.save(step, state, self.meta(step))
 
     def compile_step(self):
-        r = self.run_
-        setup_train = step_lib.loss_setup(self.config, r.graphdef, r.abstract_params, r.vocab)
-        fn = step_lib.make_train_step(setup_train, r.tx, self.config.train.microbatches)
-        return jax.jit(
-            fn, in_shardings=(r.state_sharding, r.batch_sharding), out_shardings=(r.state_sharding, None), donate_argnums=0
-        )
+        return jit_train_step(self.run_)
 
     def next_batch(self) -> dict:
         return sharding.global_batch(next(self.pipeline), self.run_.batch_sharding, self.config.train.batch)
@@ -389,6 +440,7 @@ class _Loop:
             "batch_logical": plan.batch_logical,
             "kappa": plan.kappa,
             "lr": plan.lr,
+            "plan": plan.to_dict(),
             **self.last_eval,
             "wall_s": self.wall(),
             **extra,
@@ -413,7 +465,7 @@ class _Loop:
                     self.record(*pending)
                 pending = (step, metrics)
                 boundary = self.should(t.checkpoint_every, step) or self.should(t.eval_every, step)
-                stop = preemption.reached(self.checkpointer, step)
+                stop = preemption.reached(self.checkpointer, step, sync=step % t.log_every == 0)
                 if boundary or stop or step == total:
                     self.record(*pending)
                     pending = None
