@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mdiff.data import sources
+from mdiff.data.errors import DataError
 from mdiff.data.sources import SPLITS
 
 MANIFEST = "manifest.json"
@@ -34,7 +35,7 @@ MANIFEST_VERSION = 1
 BUILD_KEYS = ("tokenizer", "slots", "voices", "speeds", "pitches", "speech_variants")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(DataError):
     """A built dataset that is missing, corrupted or built with other settings."""
 
 

@@ -28,6 +28,7 @@ import grain
 import numpy as np
 
 from mdiff.config import ConfigDict, ConfigError
+from mdiff.data.errors import DataError
 from mdiff.data.corpus import STREAMS, Corpus, _h, synthetic_corpus
 from mdiff.data.layout import BATCH_KEYS, LayoutError, empty_row, layout_example
 from mdiff.data.vocab import Modality, UnifiedVocab
@@ -35,7 +36,7 @@ from mdiff.data.vocab import Modality, UnifiedVocab
 STATE_VERSION = 1
 
 
-class PipelineError(ValueError):
+class PipelineError(DataError):
     """A pipeline that cannot run with this config and data."""
 
 

@@ -26,6 +26,8 @@ import wave
 
 import numpy as np
 
+from mdiff.data.errors import DataError
+
 SPLITS = ("train", "validation", "test")
 SAMPLE_RATE = 16000
 
@@ -34,7 +36,7 @@ EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 REAL_SPEECH_DIR = "/usr/share/pocketsphinx/test/data"
 
 
-class MissingPackageError(RuntimeError):
+class MissingPackageError(DataError):
     """A Debian package the corpora are built from is not installed."""
 
 

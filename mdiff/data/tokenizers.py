@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mdiff.data.errors import DataError
 from mdiff.data.vocab import UnifiedVocab
 
 EOD = "<|eod|>"
@@ -30,7 +31,7 @@ MEL_FRAMES_PER_TOKEN = 4
 LOG_FLOOR = 1e-5
 
 
-class TokenizerError(ValueError):
+class TokenizerError(DataError):
     """Input a tokenizer cannot encode, or a tokenizer directory that cannot be loaded."""
 
 
