@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import linalg
+from threadpoolctl import threadpool_limits
 
 JUDGE_SIDE = 16  # images are resized to JUDGE_SIDE^2 grey + a coarse colour histogram before judging
 
@@ -56,7 +57,7 @@ class ImageJudge:
     model: object
 
     @classmethod
-    def fit(cls, images: np.ndarray, labels: Sequence[str], *, copies: int = 1, seed: int = 0, hidden: int = 128) -> "ImageJudge":
+    def fit(cls, images: np.ndarray, labels: Sequence[str], *, copies: int = 1, seed: int = 0, hidden: int = 64) -> "ImageJudge":
         from sklearn.neural_network import MLPClassifier
 
         if copies > 1:
@@ -65,8 +66,12 @@ class ImageJudge:
         classes = sorted(set(labels))
         lookup = {c: i for i, c in enumerate(classes)}
         y = np.array([lookup[c] for c in labels])
-        model = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=400, random_state=seed, alpha=1e-3)
-        model.fit(image_features(images), y)
+        # L-BFGS: fast and deterministic on a few thousand small images.
+        model = MLPClassifier(hidden_layer_sizes=(hidden,), solver="lbfgs", max_iter=300, random_state=seed, alpha=1e-2)
+        features = image_features(images)
+        # One BLAS thread: these small matrices fit 20x slower when threads fight over a busy CPU.
+        with threadpool_limits(1):
+            model.fit(features, y)
         return cls(classes, model)
 
     def predict(self, images: np.ndarray) -> list[str]:
@@ -90,10 +95,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     if len(a) < 2 or len(b) < 2:
         raise ValueError("the Frechet distance needs at least two feature vectors on each side")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():
-        eps = 1e-6 * np.eye(len(cov_a))
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    covmean = np.real(covmean)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    # A tiny ridge keeps sqrtm well defined when features are degenerate (dead ReLUs, few samples).
+    ridge = 1e-9 * max(np.trace(cov_a) + np.trace(cov_b), 1e-12) * np.eye(len(cov_a))
+    covmean = np.real(linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge)))
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))

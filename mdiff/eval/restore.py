@@ -1,11 +1,21 @@
-"""From a trained run directory (or a bare model) to what the samplers need: a logits function + params."""
+"""From a trained run directory to what the samplers need: the config, tokenizers, a logits function
+and the parameters.
+
+The model is rebuilt exactly as training builds it (`mdiff.train.loop.setup`: same shape, residual
+scale and mesh) and the newest readable checkpoint is restored through the training checkpointer.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import pathlib
 from typing import Any
 
 import jax
 from flax import nnx
+
+from mdiff.config import ConfigDict
+from mdiff.data.vocab import UnifiedVocab
 
 
 def model_logits_fn(graphdef: Any):
@@ -19,3 +29,83 @@ def model_logits_fn(graphdef: Any):
         return model(tokens, batch["modality"], batch["segment_ids"], batch["positions"])
 
     return logits_fn
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    workdir: pathlib.Path
+    config: ConfigDict
+    vocab: UnifiedVocab
+    tokenizers: Any  # mdiff.data.tokenizers.Tokenizers, or None for the synthetic dataset
+    corpus_name: str  # "synthetic" or the data directory
+    graphdef: Any
+    state: Any  # nnx.State of the parameters
+    step: int
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.config.data.seq_len)
+
+    @property
+    def logits_fn(self):
+        return model_logits_fn(self.graphdef)
+
+
+def read_run_config(workdir: str | pathlib.Path) -> ConfigDict:
+    """The run's resolved config.json; sections it lacks (older runs) come from today's defaults."""
+    from mdiff import rundir
+    from mdiff.defaults import base_config
+
+    saved = rundir.read_config(workdir)
+    if saved is None:
+        raise rundir.WorkdirError(f"--workdir {workdir}: no {rundir.CONFIG_FILE}; is it a training run directory?")
+    config = base_config()
+    with config.unlocked():
+        for key, value in saved.items():
+            if key == "sampling" and not all(t in value for t in ("text", "t2i")):
+                continue  # a run from before per-task sampling settings: keep the defaults
+            config[key] = ConfigDict(value) if isinstance(value, dict) else value
+    return config
+
+
+def data_source(config: ConfigDict) -> tuple[UnifiedVocab, Any, str]:
+    """(vocab, tokenizers or None, corpus name) for the run's dataset."""
+    from mdiff.data.pipeline import default_data_dir
+
+    if config.data.dataset == "synthetic":
+        from mdiff.data.corpus import SYNTHETIC_VOCAB
+
+        return SYNTHETIC_VOCAB, None, "synthetic"
+    from mdiff.data.tokenizers import load_tokenizers
+
+    path = default_data_dir(config.data.data_dir) if config.data.dataset == "embedded" else config.data.dataset
+    tokenizers = load_tokenizers(path)
+    return tokenizers.vocab, tokenizers, path
+
+
+def load_run(workdir: str | pathlib.Path) -> LoadedRun:
+    """Rebuild the run's model and restore its newest checkpoint (error if there is none)."""
+    from mdiff import rundir
+    from mdiff.train import loop
+    from mdiff.train.checkpoint import Checkpointer
+
+    workdir = pathlib.Path(workdir)
+    config = read_run_config(workdir)
+    vocab, tokenizers, name = data_source(config)
+    run = loop.setup(config, workdir, vocab)
+    checkpoints = workdir / rundir.CHECKPOINT_DIR
+    if not checkpoints.is_dir():
+        raise rundir.WorkdirError(f"--workdir {workdir}: no {rundir.CHECKPOINT_DIR}/ to sample from")
+    checkpointer = Checkpointer(checkpoints, use_async=False)
+    try:
+        restored = checkpointer.restore(run.abstract_state, check_meta=loop.shape_checker(run))
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise rundir.WorkdirError(f"--workdir {workdir}: {rundir.CHECKPOINT_DIR}/ holds no readable checkpoint")
+    step, state, _ = restored
+    params = jax.tree.map(lambda x: x, run.abstract_params)
+    nnx.replace_by_pure_dict(params, state["params"])
+    model = nnx.merge(run.graphdef, params)
+    graphdef, model_state = nnx.split(model)
+    return LoadedRun(workdir, config, vocab, tokenizers, name, graphdef, model_state, int(step))
