@@ -1,6 +1,7 @@
 """The grain pipeline on the synthetic corpus: contract, determinism, resume, mixing, sharding, errors."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -165,3 +166,39 @@ def test_a_stream_with_weight_but_no_data_fails_clearly():
     corpus.audio = []
     with pytest.raises(PipelineError, match="no audio examples"):
         make_pipeline(synthetic_config(), process_index=0, process_count=1, corpus=corpus)
+
+
+def test_two_jax_processes_read_their_own_shards(tmp_path):
+    """Two real `jax.distributed` processes (loopback): each reads its half, the halves form the batch."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from helpers import free_port
+
+    port = free_port()
+    code = textwrap.dedent(
+        f"""
+        import sys, numpy as np, jax
+        jax.config.update("jax_num_cpu_devices", 1)
+        pid = int(sys.argv[1])
+        jax.distributed.initialize("127.0.0.1:{port}", num_processes=2, process_id=pid)
+        from mdiff.data.pipeline import make_pipeline
+        from mdiff.defaults import base_config
+        config = base_config()
+        config.data.dataset, config.train.batch, config.data.seq_len = "synthetic", 8, 64
+        pipeline = make_pipeline(config)  # process index/count from jax
+        assert pipeline.lanes == list(range(4 * pid, 4 * pid + 4))
+        np.savez("{tmp_path}/part%d.npz" % pid, **next(pipeline))
+        jax.distributed.shutdown()
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": ""}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(p)], env=env, stderr=subprocess.PIPE, text=True) for p in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
+    whole = next(make_pipeline(synthetic_config(batch=8), process_index=0, process_count=1))
+    parts = [np.load(tmp_path / f"part{p}.npz") for p in range(2)]
+    for key in whole:
+        assert np.array_equal(np.concatenate([parts[0][key], parts[1][key]]), whole[key])

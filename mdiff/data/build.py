@@ -178,7 +178,7 @@ def _build(data_dir: str, scale: str, settings: dict[str, Any], stages: _Stages)
     image_splits = _by_split(images)
 
     stages.stage("synthesising speech with espeak-ng")
-    utterances = _synthesise(settings, scale, stages)
+    utterances, too_long = _synthesise(settings, scale, stages)
     audio_splits = _by_split(utterances, key=lambda u: u["key"])
     real = sources.real_speech_clips()
 
@@ -227,7 +227,7 @@ def _build(data_dir: str, scale: str, settings: dict[str, Any], stages: _Stages)
             "image": {s: len(v) for s, v in image_examples.items()},
             "audio": {s: len(v) for s, v in audio_examples.items()},
             "text_tokens": {s: int(sum(len(e["tokens"]) for e in v)) for s, v in text_examples.items()},
-            "audio_dropped_too_long": int(sum(len(audio_splits[s]) - len(audio_examples[s]) for s in SPLITS)),
+            "audio_dropped_too_long": too_long + int(sum(len(audio_splits[s]) - len(audio_examples[s]) for s in SPLITS)),
         },
         "audio_tokens_per_second": audio_tok.tokens_per_second,
         "build_seconds": round(time.time() - t0, 2),
@@ -274,11 +274,11 @@ def _csv(value: str, cast: Any = str) -> list:
     return [cast(v.strip()) for v in str(value).split(",") if v.strip()]
 
 
-def _synthesise(settings: dict[str, Any], scale: str, stages: _Stages) -> list[dict[str, Any]]:
+def _synthesise(settings: dict[str, Any], scale: str, stages: _Stages) -> tuple[list[dict[str, Any]], int]:
     """Each text spoken `speech_variants` times in train (once elsewhere), voice/speed/pitch by key."""
     voices, speeds, pitches = _csv(settings["voices"]), _csv(settings["speeds"], int), _csv(settings["pitches"], int)
     max_seconds = settings["slots"]["audio"] * settings["tokenizer"]["audio_hop"] / sources.SAMPLE_RATE
-    out = []
+    out, too_long = [], 0
     for text in stages.iterate(sources.speech_texts(scale), "speech"):
         variants = settings["speech_variants"] if sources.split_of(text.key) == "train" else 1
         for v in range(variants):
@@ -286,7 +286,9 @@ def _synthesise(settings: dict[str, Any], scale: str, stages: _Stages) -> list[d
             wav = sources.synthesize(text.text, voice, speed, pitch)
             if len(wav) <= max_seconds * sources.SAMPLE_RATE:
                 out.append(dict(key=text.key, wav=wav, transcript=text.text, source=text.source, voice=voice, speed=speed, pitch=pitch))
-    return out
+            else:
+                too_long += 1
+    return out, too_long
 
 
 def _text_examples(text_tok: Any, docs: list) -> list[dict[str, Any]]:
@@ -306,10 +308,14 @@ def _image_examples(tokenizers: Any, items: list) -> list[dict[str, Any]]:
 
 
 def _audio_examples(tokenizers: Any, items: list, stages: _Stages, fit_slot: bool = True) -> list[dict[str, Any]]:
-    transcripts = tokenizers.text.encode_batch([u["transcript"] for u in items]) if items else []
+    if not items:
+        return []
+    transcripts = tokenizers.text.encode_batch([u["transcript"] for u in items])
+    features = [u["features"] if "features" in u else tokenizers.audio.features(u["wav"]) for u in items]
+    flat = tokenizers.audio.encode_features(np.concatenate(features))  # one product, not thousands
+    all_codes = np.split(flat, np.cumsum([len(f) for f in features])[:-1])
     out = []
-    for u, t in zip(items, transcripts):
-        codes = tokenizers.audio.encode_features(u["features"]) if "features" in u else tokenizers.audio.encode(u["wav"])
+    for u, t, codes in zip(items, transcripts, all_codes):
         if fit_slot and len(codes) > tokenizers.audio_slot:
             continue
         out.append(
