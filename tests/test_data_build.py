@@ -238,3 +238,25 @@ def test_config_validation_of_data_keys():
     config.data.tokenizer.image_tokens = 15
     with pytest.raises(ConfigError, match="image_tokens"):
         validate(config)
+
+
+def test_reader_accepts_another_dataset_directory_with_the_same_features(tiny_data, tmp_path):
+    """A directory built elsewhere (here: text only, no manifest) is read through the same code path."""
+    from mdiff.data import tfds_builders
+
+    other = str(tmp_path / "other")
+    shutil.copytree(os.path.join(tiny_data, "tokenizers"), os.path.join(other, "tokenizers"))
+    tok = load_tokenizers(other)
+    texts = [f"document number {i}: " + "word " * (i % 50) for i in range(40)]
+    examples = {"train": [dict(tokens=tok.text.encode(t), text=t, key=str(i), source="x") for i, t in enumerate(texts)]}
+    tfds_builders.write("text", other, examples, 16)
+    config = embedded_config(other, mix=(1.0, 0.0, 0.0))
+    config.data.dataset = other
+    batch = next(make_pipeline(config, process_index=0, process_count=1))
+    check_batch(batch, tok.vocab, 128)
+    decoded = tok.text.decode(tok.vocab.to_local(batch["tokens"][0][1:], "text"), stop_at_eod=False)
+    assert decoded.startswith(texts[0]) or any(decoded.startswith(t) for t in texts)
+    with pytest.raises(PipelineError, match="no image examples"):
+        c = embedded_config(other)
+        c.data.dataset = other
+        make_pipeline(c, process_index=0, process_count=1)

@@ -202,3 +202,14 @@ def test_two_jax_processes_read_their_own_shards(tmp_path):
     parts = [np.load(tmp_path / f"part{p}.npz") for p in range(2)]
     for key in whole:
         assert np.array_equal(np.concatenate([parts[0][key], parts[1][key]]), whole[key])
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000, 4099])
+def test_stream_order_is_a_permutation_per_epoch(n, monkeypatch):
+    from mdiff.data import pipeline
+
+    for limit in (1 << 22, 0):  # the table and the O(1)-memory bijection for full-size data
+        monkeypatch.setattr(pipeline, "TABLE_LIMIT", limit)
+        order = [pipeline.stream_index(n, 0, 1, g) for g in range(2 * n)]
+        assert sorted(order[:n]) == list(range(n)) and sorted(order[n:]) == list(range(n))
+        assert n < 10 or order[:n] != order[n:]  # reshuffled every epoch

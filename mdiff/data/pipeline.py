@@ -28,8 +28,8 @@ import grain
 import numpy as np
 
 from mdiff.config import ConfigDict, ConfigError
-from mdiff.data.errors import DataError
 from mdiff.data.corpus import STREAMS, Corpus, _h, synthetic_corpus
+from mdiff.data.errors import DataError
 from mdiff.data.layout import BATCH_KEYS, LayoutError, empty_row, layout_example
 from mdiff.data.vocab import Modality, UnifiedVocab
 
@@ -43,14 +43,32 @@ class PipelineError(DataError):
 # ---------------------------------------------------------------------------------------------
 # Index helpers
 # ---------------------------------------------------------------------------------------------
+TABLE_LIMIT = 1 << 22  # up to this many records an epoch's permutation is a table; beyond, a Feistel bijection
+
+
 @functools.lru_cache(maxsize=16)
 def _permutation(n: int, seed: int, stream: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, stream, epoch]).permutation(n)
 
 
+def _feistel(j: int, n: int, key: int) -> int:
+    """A keyed bijection of [0, n) in O(1) memory (balanced Feistel network plus cycle walking)."""
+    half = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask = (1 << half) - 1
+    while True:
+        left, right = j >> half, j & mask
+        for r in range(4):
+            left, right = right, left ^ (_h(key, r, right) & mask)
+        j = (left << half) | right
+        if j < n:
+            return j
+
+
 def stream_index(n: int, seed: int, stream: int, g: int) -> int:
     """Record index of the g-th item of an endless stream that reshuffles every epoch."""
     epoch, j = divmod(g, n)
+    if n > TABLE_LIMIT:  # full-size data: no n-sized table per epoch
+        return _feistel(j, n, _h(seed, stream, epoch))
     return int(_permutation(n, seed, stream, epoch)[j])
 
 
