@@ -1,7 +1,8 @@
 """Sampling: the inference defaults of each task, over config.sampling keys, for one trained run.
 
-Each point is an `mdiff eval` of the same trained run with other sampling settings (nothing is retrained);
-its summary holds the task scores. Name the run to evaluate after the variant:
+Each point scores the same trained run with other sampling settings (nothing is retrained; see
+mdiff/sweeps_lib/sample_point.py); its summary.json holds `eval/<task>/<score>` figures, which
+results.csv collects. Name the run to evaluate after the variant:
 
     mdiff sweep run sampling:cpu,run=quickstart_out/runs/<best> --out sampling_out
 
@@ -10,13 +11,15 @@ Variants:
   pod   the same keys on a finer grid, plus the time grid and top-p (48 points)
 """
 
-from mdiff.sweep import Sweep, chain, product, sweep
+from mdiff.sweep import Sweep, SweepError, chain, product, sweep
 
 VARIANTS = ("cpu", "pod")
 
 
-def get_sweep(variant: str, run: str = "RUN_DIR") -> Sweep:
+def get_sweep(variant: str, run: str = "") -> Sweep:
     """`run`: the trained run directory whose model every point samples from."""
+    if not run:
+        raise SweepError(f"sampling:{variant} scores a trained run: name it, e.g. sampling:{variant},run=quickstart_out/runs/NAME")
     if variant == "cpu":
         points = chain(
             product(sweep("sampling.text.steps", [16, 32, 64]), sweep("sampling.text.method", ["ancestral", "confidence"])),
@@ -34,4 +37,5 @@ def get_sweep(variant: str, run: str = "RUN_DIR") -> Sweep:
                     sweep("sampling.t2s.grid", ["linear", "cosine"])),
         )
         config = "experiments/pilot.py:b256"
-    return Sweep(config=config, points=points, command=("eval", "--run", run), devices=1 if variant == "cpu" else 8)
+    return Sweep(config=config, points=points, module="mdiff.sweeps_lib.sample_point", command=("--run", run),
+                 devices=1 if variant == "cpu" else 8)

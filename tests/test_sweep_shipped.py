@@ -17,14 +17,30 @@ def test_the_paper_studies_are_shipped():
         assert "cpu" in variants and "pod" in variants, name
 
 
+def spec(name: str, variant: str) -> str:
+    return f"{name}:{variant}" + (",run=/runs/trained" if name == "sampling" else "")  # sampling scores a trained run
+
+
 @pytest.mark.parametrize("name,variant", SHIPPED, ids=[f"{n}:{v}" for n, v in SHIPPED])
 def test_every_point_builds(name, variant):
-    sweep = load_sweep(f"{name}:{variant}")
+    sweep = load_sweep(spec(name, variant))
     runs = expand(sweep)  # raises, naming each bad point, if any config is invalid or does not fit
     assert len(runs) == len(sweep.points) >= 2
     assert len({r.name for r in runs}) == len(runs)
     if variant == "pod":
         assert sweep.devices > 1
+
+
+def test_sampling_sweep_needs_a_trained_run():
+    from mdiff.sweep import SweepError
+
+    with pytest.raises(SweepError, match="scores a trained run"):
+        load_sweep("sampling:cpu")
+    sweep = load_sweep("sampling:cpu,run=/runs/trained")
+    assert sweep.name == "sampling:cpu,run=/runs/trained"
+    run = expand(sweep)[0]
+    assert run.args("/w")[:2] == ["--run", "/runs/trained"] and run.module == "mdiff.sweeps_lib.sample_point"
+    assert all(k.startswith("sampling.") for r in expand(sweep) for k in r.overrides)
 
 
 def test_cpu_scaling_is_an_isoflop_grid_for_a_real_fit():

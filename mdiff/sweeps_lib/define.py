@@ -107,6 +107,8 @@ class Sweep:
     common:   overrides applied to every point; not axes, so they do not appear in run names.
     command:  the `mdiff` subcommand (and any fixed arguments) that runs one point: `("train",)`,
               `("symmetry", "train")`, or `("eval", "--run", DIR)` for a sampling sweep.
+    module:   the Python module run as `python -m MODULE COMMAND ...` (`mdiff`, the CLI, for training;
+              `mdiff.sweeps_lib.sample_point` for sampling sweeps).
     devices:  devices each run uses (the mesh must fit them; batches must divide the data axes).
     hosts:    processes (hosts) each run spans; `mdiff sweep emit` asks the scheduler for this many nodes.
     """
@@ -116,6 +118,7 @@ class Sweep:
     description: str = ""
     common: Point = dataclasses.field(default_factory=dict)
     command: tuple[str, ...] = ("train",)
+    module: str = "mdiff"
     devices: int = 1
     hosts: int = 1
     name: str = ""  # filled in by the loader from the spec, e.g. "scaling:cpu"

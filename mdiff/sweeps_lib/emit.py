@@ -31,7 +31,7 @@ class SlurmOptions:
 
 
 def point_commands(runs: list[RunSpec], sweep: Sweep, sweep_dir: pathlib.Path, python: str) -> list[list[str]]:
-    return [[python, "-m", "mdiff", *r.args(state.run_dir(sweep_dir, r.name), sweep.common)] for r in runs]
+    return [[python, "-m", r.module, *r.args(state.run_dir(sweep_dir, r.name), sweep.common)] for r in runs]
 
 
 def commands_text(commands: list[list[str]]) -> str:

@@ -24,9 +24,10 @@ class RunSpec:
     config: str
     command: tuple[str, ...]
     planned_tokens: int = 0  # train.tokens of the resolved config (progress display), 0 if unknown
+    module: str = "mdiff"  # run as `python -m MODULE ARGS`
 
     def args(self, workdir: str | pathlib.Path, common: Point | None = None) -> list[str]:
-        """`mdiff` arguments that run this point in `workdir` (without the `python -m mdiff` prefix)."""
+        """Arguments that run this point in `workdir` (after `python -m MODULE`)."""
         merged = {**(common or {}), **self.overrides}
         return [*self.command, "--config", self.config, "--workdir", str(workdir), *override_args(merged)]
 
@@ -106,7 +107,7 @@ def expand(sweep: Sweep, *, check: bool = True) -> list[RunSpec]:
         except (SweepError, ValueError) as e:  # ConfigError is a ValueError
             problems.append(f"  {name}: {e}")
             continue
-        runs.append(RunSpec(name, dict(point), sweep.config, tuple(sweep.command), tokens))
+        runs.append(RunSpec(name, dict(point), sweep.config, tuple(sweep.command), tokens, sweep.module))
     if problems:
         raise SweepError(
             f"sweep {sweep.name!r}: {len(problems)} of {len(names)} points are invalid; nothing was run:\n"

@@ -25,7 +25,7 @@ from mdiff.sweeps_lib import state
 from mdiff.sweeps_lib.define import Sweep, SweepError
 from mdiff.sweeps_lib.expand import REPO_ROOT, RunSpec, expand, load_sweep
 
-DEFAULT_ENTRY = (sys.executable, "-m", "mdiff")
+DEFAULT_ENTRY: tuple[str, ...] | None = None  # None: `python -m <the sweep's module>`; tests substitute a fake
 
 
 @dataclasses.dataclass
@@ -80,8 +80,9 @@ def plan(sweep_dir: pathlib.Path, runs: Sequence[RunSpec]) -> list[tuple[RunSpec
     return [(r, state.run_state(sweep_dir, r.name)) for r in runs]
 
 
-def command_line(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Sequence[str] = DEFAULT_ENTRY) -> list[str]:
-    return [*entry, *run.args(state.run_dir(sweep_dir, run.name), common)]
+def command_line(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Sequence[str] | None = None) -> list[str]:
+    prefix = entry or DEFAULT_ENTRY or (sys.executable, "-m", run.module)
+    return [*prefix, *run.args(state.run_dir(sweep_dir, run.name), common)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ class _Active:
     started: float
 
 
-def _start(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Sequence[str], env: dict[str, str]) -> _Active:
+def _start(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Sequence[str] | None, env: dict[str, str]) -> _Active:
     argv = command_line(run, sweep_dir, common, entry)
     log = open(state.log_path(sweep_dir, run.name), "a")
     log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
@@ -160,7 +161,7 @@ def run_sweep(
     if parallel < 1:
         raise SweepError(f"--parallel {parallel}: must be >= 1")
     sweep, runs, sweep_dir = prepare(sweep, out, force=force)
-    entry = tuple(entry or DEFAULT_ENTRY)
+    entry = tuple(entry or DEFAULT_ENTRY or ()) or None
     outcome = Outcome(sweep_dir)
     todo: list[RunSpec] = []
     for run, st in plan(sweep_dir, runs):

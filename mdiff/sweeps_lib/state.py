@@ -72,6 +72,7 @@ def definition(sweep_name: str, config: str, runs: list[RunSpec], axes: list[str
     return {
         "sweep": sweep_name,
         "config": config,
+        "module": runs[0].module if runs else "mdiff",
         "command": list(runs[0].command) if runs else ["train"],
         "axes": axes,
         "common": common,
@@ -92,7 +93,7 @@ def read_sweep_file(sweep_dir: pathlib.Path) -> dict[str, Any] | None:
 def definition_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two sweep definitions (empty when they match)."""
     new = json.loads(json.dumps(new))  # tuples -> lists, as in the file
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in ("sweep", "config", "command", "common") if old.get(k) != new.get(k)]
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in ("sweep", "config", "module", "command", "common") if old.get(k) != new.get(k)]
     old_points = {p["name"]: p["overrides"] for p in old.get("points", [])}
     new_points = {p["name"]: p["overrides"] for p in new.get("points", [])}
     if old_points != new_points:

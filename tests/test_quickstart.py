@@ -1,0 +1,133 @@
+"""`mdiff quickstart`: stage helpers, and the whole pipeline end to end on the synthetic dataset."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pathlib
+import re
+
+import pytest
+
+from mdiff import quickstart as qs
+from mdiff.sweeps_lib import state
+
+
+def write_results(out: pathlib.Path, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    columns = ["name", "model.size", *state.METRIC_COLUMNS, "status"]
+    with open(out / state.RESULTS_FILE, "w") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in columns})
+
+
+def test_best_run_is_the_lowest_complete_loss(tmp_path):
+    write_results(tmp_path, [
+        dict(name="a", loss=3.0, status="complete"),
+        dict(name="b", loss=2.5, status="complete"),
+        dict(name="c", loss=1.0, status="failed"),
+        dict(name="d", loss="", status="pending"),
+    ])  # fmt: skip
+    assert qs.best_run(tmp_path) == "b"
+    write_results(tmp_path, [dict(name="c", loss=1.0, status="failed")])
+    assert qs.best_run(tmp_path) is None
+
+
+def test_headline_scores_keep_top_level_numbers():
+    scores = {"wer": 0.5, "cer": 0.25, "ceiling": {"wer_real": 0.1}, "examples": [], "seconds": 3.0, "asr": "x"}
+    assert qs.headline_scores(scores) == {"wer": 0.5, "cer": 0.25}
+
+
+def test_summary_md_tables(tmp_path):
+    result = qs.Result(tmp_path, best_run="b", wall_s=125.0)
+    result.fits = {
+        "loss_text": dict(E=1.5, A=10.0, alpha=0.3, B=20.0, beta=0.4, n_points=12),
+        "loss_audio": {"error": "needs at least 6 complete runs"},
+    }
+    result.samples = {"tasks": {"t2s": {"scores": {"wer": 0.75}}}}
+    rows = [dict(name="b", params="13992", tokens="88064", loss="4.5", loss_text="5", loss_image="", loss_audio="3",
+                 status="complete")]  # fmt: skip
+    text = qs.write_summary_md(result, "scaling:cpu", rows).read_text()
+    assert "Sweep `scaling:cpu`: 1 runs (1 complete); wall time 2.1 min." in text
+    assert "| b | 13992 | 88064 | 4.5 | 5 |  | 3 | complete |" in text
+    assert "| loss_text | 1.5 | 10 | 0.3 | 20 | 0.4 | 12 |" in text
+    assert "not fitted: needs at least 6 complete runs" in text
+    assert "**t2s**: wer 0.75" in text
+
+
+def test_samples_html_links_media_relative_to_the_report(tmp_path):
+    samples_dir = tmp_path / "samples"
+    samples_dir.mkdir()
+    (samples_dir / "text_00.txt").write_text("in the <beginning>\n")
+    samples = {"run": "r", "step": 7, "tasks": {
+        "text": {"samples": [{"prompt": None, "file": "text_00.txt"}], "scores": {"gen_ppl": 12.5}},
+        "t2i": {"samples": [{"prompt": "a red heart", "file": "t2i_00.png"}], "scores": {}},
+        "t2s": {"samples": [{"prompt": "hello", "file": "t2s_00.wav"}], "scores": {"wer": 0.5}},
+    }}  # fmt: skip
+    html = qs.samples_html(tmp_path, samples, tmp_path / "report")
+    assert "<pre>in the &lt;beginning&gt;</pre>" in html
+    assert "src='../samples/t2i_00.png'" in html and "a red heart" in html
+    assert "<audio controls preload='none' src='../samples/t2s_00.wav'>" in html
+    assert "<td>gen_ppl</td><td>12.5</td>" in html
+
+
+def test_stages_show_progress():
+    stream = io.StringIO()
+    stages = qs.Stages(5, stream)
+    stages.begin("data")
+    stages.say("building")
+    lines = stream.getvalue().splitlines()
+    assert lines == ["quickstart 0m00s | [1/5] data", "quickstart 0m00s | building"]
+
+
+def test_bad_output_directory_is_a_clear_error(tmp_path, capsys):
+    from mdiff.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["quickstart", "--sweep", "scaling:test", "--out", str(blocker / "sub"), "--no-samples"])
+    assert code == 2 and "is not writable" in capsys.readouterr().err
+
+
+def test_quickstart_end_to_end_and_resume(tmp_path):
+    """The real pipeline on the synthetic dataset (2 tiny runs): sweep, fits, samples, report; a rerun
+    trains nothing again and reuses the samples."""
+    out = tmp_path / "qs"
+    stream = io.StringIO()
+    result = qs.quickstart(out, sweep="scaling:test", parallel=2, stream=stream, n_bootstrap=0)
+    log = stream.getvalue()
+    for stage in ("[1/5] data", "[2/5] training sweep scaling:test", "[3/5] scaling-law fits", "[4/5] samples", "[5/5] report"):
+        assert stage in log, log
+    rows = list(csv.DictReader(open(out / state.RESULTS_FILE)))
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"complete"}
+    assert all(float(r["loss"]) > 0 and float(r["params"]) > 0 for r in rows)
+    assert result.best_run in {r["name"] for r in rows}
+    assert "error" in result.fits["loss"]  # two runs cannot pin down five parameters: reported, not fatal
+    manifest = json.loads((out / "samples" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["run"] == result.best_run
+    text = manifest["tasks"]["text"]
+    assert len(text["samples"]) == qs.SHOW_PER_TASK and (out / "samples" / text["samples"][0]["file"]).exists()
+    assert text["scores"]  # the text evaluator's perplexity and entropy
+    assert (out / "report" / "index.html").exists() and "Samples" in (out / "report" / "index.html").read_text()
+    summary = (out / "report" / "summary.md").read_text()
+    assert "Sweep `scaling:test`: 2 runs (2 complete)" in summary
+
+    def starts() -> dict[str, int]:  # the runner writes "# <date> <command>" before each start
+        return {r["name"]: len(re.findall(r"^# \d{4}-", (out / "logs" / f"{r['name']}.log").read_text(), re.M)) for r in rows}
+
+    assert starts() == {r["name"]: 1 for r in rows}
+    again = io.StringIO()
+    qs.quickstart(out, sweep="scaling:test", parallel=2, stream=again, n_bootstrap=0)
+    assert "already made; reusing them" in again.getvalue()
+    assert starts() == {r["name"]: 1 for r in rows}
+
+
+@pytest.mark.slow
+def test_full_quickstart_cpu(tmp_path):
+    """The README's quickstart (embedded dataset, 12 runs); minutes on 2 cores."""
+    result = qs.quickstart(tmp_path / "qs", stream=None)
+    assert not result.failed_runs and "error" not in result.fits["loss"]
+    assert (tmp_path / "qs" / "report" / "index.html").exists()
