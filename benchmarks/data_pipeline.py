@@ -171,7 +171,14 @@ def main() -> None:
     if not args.no_quality:
         from mdiff.data.quality import tokenizer_quality
 
+        from threadpoolctl import threadpool_limits
+
+        from mdiff.data.quality import image_token_tradeoff
+
         out["quality"] = tokenizer_quality(data_dir, limit=30 if args.quick else 200, audio_limit=10 if args.quick else 60)
+        with threadpool_limits(1):
+            out["image_psnr_db_by_tokens_per_image"] = image_token_tradeoff(data_dir, "test")
+        print(f"image PSNR by tokens per image: {out['image_psnr_db_by_tokens_per_image']}", flush=True)
         print("quality: " + ", ".join(f"{k}={v:.3f}" for k, v in out["quality"].items() if isinstance(v, float)), flush=True)
     if args.data_dir is None:
         import shutil

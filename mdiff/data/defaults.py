@@ -79,6 +79,10 @@ def validate_data(config: ConfigDict) -> None:
     for key in ("i2t_fraction", "s2t_fraction"):
         if not 0.0 <= data[key] <= 1.0:
             fail(f"data.{key}", data[key], "must lie in [0, 1]")
+    if data.min_text_chunk < 1:
+        fail("data.min_text_chunk", data.min_text_chunk, "must be >= 1")
+    if data.speech_variants < 1:
+        fail("data.speech_variants", data.speech_variants, "must be >= 1")
     if data.num_workers < 0:
         fail("data.num_workers", data.num_workers, "must be >= 0")
     if data.scale not in ("full", "tiny"):

@@ -280,9 +280,13 @@ class AudioTokenizer:
             return np.zeros(0, np.float32)
         silence = np.full(self.codebook.shape[1], np.log(LOG_FLOOR), np.float32)
         blocks = np.where((ids == self.fill_id)[:, None], silence, self.codebook[np.minimum(ids, self.fill_id - 1)])
-        logmel = blocks.reshape(-1, self.n_mels)
+        return self.invert_features(blocks, seed=seed)
+
+    def invert_features(self, blocks: np.ndarray, *, seed: int = 0) -> np.ndarray:
+        """Waveform of log-mel blocks ([tokens, 4 * n_mels], as `features` gives): mel inversion + Griffin-Lim."""
+        logmel = np.asarray(blocks, np.float32).reshape(-1, self.n_mels)
         magnitude = np.sqrt(np.maximum(np.maximum(np.exp(logmel) - LOG_FLOOR, 0.0) @ self.mel_pinv.T, 0.0))
-        length = len(ids) * self.hop
+        length = len(blocks) * self.hop
         n_frames = len(self._stft(np.zeros(length, np.float32)))
         magnitude = np.pad(magnitude, ((0, max(n_frames - len(magnitude), 0)), (0, 0)))[:n_frames]
         rng = np.random.default_rng(seed)
