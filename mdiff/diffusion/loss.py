@@ -137,8 +137,13 @@ def mdm_loss(
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """-log softmax(logits)[target], [B, L]."""
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    """-log softmax(logits)[target], [B, L].
+
+    The target logit is picked with a one-hot product rather than a gather: its backward is a fused
+    elementwise op instead of a scatter, which is much faster on CPU.
+    """
+    onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
+    target_logit = jnp.sum(logits * onehot, axis=-1)
     return jax.nn.logsumexp(logits, axis=-1) - target_logit
 
 

@@ -145,37 +145,54 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 def block_forward(
     p: dict[str, jax.Array], x: jax.Array, *, shape: ModelShape, opts: ModelOptions, ctx: AttentionContext
 ) -> jax.Array:
-    """One pre-norm block on x [B, L, D]."""
+    """One pre-norm block on x [B, L, D].
+
+    Projections are written as plain 2-D matmuls over the flattened tokens [B*L, D] (parameters are
+    reshaped for free, row-major): on XLA:CPU this avoids transposes of the activations in the
+    backward pass, which otherwise dominate the step time.
+    """
     dt = opts.dtype
-    h = rms_norm(x, p["attn_norm"], opts.norm_eps)
-    x = x + opts.branch_scale * attention(p, h, shape=shape, opts=opts, ctx=ctx)
-    h = rms_norm(x, p["mlp_norm"], opts.norm_eps)
-    up = jnp.einsum("bld,dnf->nblf", h, p["mlp_in"].astype(dt))
+    b, l, d = x.shape
+    h = rms_norm(x, p["attn_norm"], opts.norm_eps).reshape(b * l, d)
+    x = x + opts.branch_scale * attention(p, h, (b, l), shape=shape, opts=opts, ctx=ctx)
+    h = rms_norm(x, p["mlp_norm"], opts.norm_eps).reshape(b * l, d)
+    w_in = p["mlp_in"].astype(dt)
+    up = jnp.dot(h, w_in.reshape(d, -1))  # [N, n * F]
+    f = shape.mlp_hidden
     if shape.mlp_type == "swiglu":
-        act = jax.nn.silu(up[0]) * up[1]
+        act = jax.nn.silu(up[:, :f]) * up[:, f:]
     else:
-        act = jax.nn.gelu(up[0])
-    mlp = jnp.einsum("blf,fd->bld", act, p["mlp_down"].astype(dt))
+        act = jax.nn.gelu(up)
+    mlp = jnp.dot(act, p["mlp_down"].astype(dt)).reshape(b, l, d)
     return constrain(x + opts.branch_scale * mlp, ACT)
 
 
 def attention(
-    p: dict[str, jax.Array], h: jax.Array, *, shape: ModelShape, opts: ModelOptions, ctx: AttentionContext
+    p: dict[str, jax.Array],
+    h: jax.Array,
+    bl: tuple[int, int],
+    *,
+    shape: ModelShape,
+    opts: ModelOptions,
+    ctx: AttentionContext,
 ) -> jax.Array:
+    """Self-attention of h [B*L, D] -> [B, L, D]; scores and values as [B, H, L, hd] batched matmuls."""
     dt = opts.dtype
-    # [3, B, H, L, hd]: heads-major so both attention products are plain batched matmuls.
-    qkv = jnp.einsum("bld,dthk->tbhlk", h, p["qkv"].astype(dt))
+    (b, l), d, heads, hd = bl, shape.width, shape.heads, shape.head_dim
+    qkv = jnp.dot(h, p["qkv"].astype(dt).reshape(d, 3 * d)).reshape(b, l, 3, heads, hd)
+    qkv = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, H, L, hd]
     q, k, v = qkv[0], qkv[1], qkv[2]
     if opts.qk_norm:
         q = rms_norm(q, p["q_norm"], opts.norm_eps)
         k = rms_norm(k, p["k_norm"], opts.norm_eps)
     q = apply_rope(q, ctx.cos, ctx.sin)
     k = apply_rope(k, ctx.cos, ctx.sin)
-    scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2)).astype(jnp.float32) / np.sqrt(shape.head_dim)
+    scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2)).astype(jnp.float32) / np.sqrt(hd)
     scores = jnp.where(ctx.mask, scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     o = jnp.matmul(probs, v)  # [B, H, L, hd]
-    return jnp.einsum("bhlk,hkd->bld", o, p["out"].astype(dt))
+    o = jnp.transpose(o, (0, 2, 1, 3)).reshape(b * l, d)
+    return jnp.dot(o, p["out"].astype(dt).reshape(d, d)).reshape(b, l, d)
 
 
 class Transformer(nnx.Module):
@@ -210,12 +227,17 @@ class Transformer(nnx.Module):
         modality_table = constrain(self.modality_embed[...], (None, None))
         x = jnp.take(table, tokens, axis=0) + jnp.take(modality_table, modality, axis=0)
         x = constrain(x.astype(dt), ACT)
-        cos, sin = rope_tables(positions, self.shape.head_dim, self.opts.rope_theta)
+        # Materialise the RoPE tables once: otherwise XLA recomputes the trig inside every consumer
+        # fusion, per head and per layer, forward and backward.
+        cos, sin = jax.lax.optimization_barrier(rope_tables(positions, self.shape.head_dim, self.opts.rope_theta))
         mask = (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
         x = self.blocks(x, AttentionContext(mask, cos, sin))
         x = rms_norm(x, self.final_norm[...], self.opts.norm_eps)
-        logits = jnp.einsum("bld,dv->blv", x, self.head[...].astype(dt)).astype(jnp.float32)
-        return self.restrict(logits, modality)
+        b, l, d = x.shape
+        # The head runs in float32 whatever the compute dtype: its [B*L, V] output is float32 anyway,
+        # and XLA:CPU's bf16 matmul at this shape is slower than f32.
+        logits = jnp.dot(x.reshape(b * l, d).astype(jnp.float32), self.head[...].astype(jnp.float32))
+        return self.restrict(logits.reshape(b, l, -1), modality)
 
     def restrict(self, logits: jax.Array, modality: jax.Array) -> jax.Array:
         """Drop padded vocabulary rows and (optionally) ids outside each position's modality."""

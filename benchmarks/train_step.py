@@ -1,0 +1,190 @@
+"""Training-step benchmark of the bench-small shape (anchor-bench.md section 7), f32 and bf16.
+
+One step = masked-diffusion NELBO forward + backward + AdamW update, state donated. Shape: vocab 4096
+(unified vocabulary of exactly 4096 ids), seq 256, batch 16, 4 layers, width 256, 4 heads, SwiGLU
+hidden 1024. FLOPs are analytic (mdiff.model.scaling.flops_per_token: 6 N + 12 L D S). The "peak" is a
+jitted f32 2048x2048 matmul measured in the same run; fraction_of_peak = achieved FLOP/s / peak.
+
+    python benchmarks/train_step.py            # full: 30 timed steps per precision
+    python benchmarks/train_step.py --quick    # a few steps, to check it runs
+
+The last stdout line is one JSON object with the figures and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from mdiff.data.vocab import Modality, UnifiedVocab  # noqa: E402
+from mdiff.diffusion.loss import mdm_loss  # noqa: E402
+from mdiff.diffusion.schedules import get_schedule  # noqa: E402
+from mdiff.model import build_model  # noqa: E402
+from mdiff.model.scaling import PRESETS, flops_per_token  # noqa: E402
+
+SEQ, BATCH, VOCAB_SIZE = 256, 16, 4096
+
+
+def timed(fn, calls: int) -> list[float]:
+    out = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def matmul_peak(calls: int) -> float:
+    """FLOP/s of a jitted f32 2048^2 matmul (median)."""
+    n = 2048
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    jax.block_until_ready(f(a, b))
+    return 2 * n**3 / statistics.median(timed(lambda: f(a, b), calls))
+
+
+def make_batches(vocab: UnifiedVocab, count: int = 8) -> list[dict[str, jax.Array]]:
+    rs = np.random.RandomState(0)
+    lo, hi = vocab.range("text")
+    ones = np.ones((BATCH, SEQ), np.int32)
+    positions = np.broadcast_to(np.arange(SEQ, dtype=np.int32), (BATCH, SEQ))
+    return [
+        {
+            "tokens": jnp.asarray(rs.randint(lo, hi, (BATCH, SEQ)).astype(np.int32)),
+            "modality": jnp.asarray(ones * int(Modality.TEXT)),
+            "loss_mask": jnp.asarray(ones),
+            "cond_mask": jnp.asarray(ones * 0),
+            "segment_ids": jnp.asarray(ones),
+            "positions": jnp.asarray(positions),
+        }
+        for _ in range(count)
+    ]
+
+
+def build_step(vocab: UnifiedVocab, dtype: str):
+    """(jitted step, initial (params, opt_state)) for one compute precision."""
+    model = build_model(dict(size="bench-small", dtype=dtype), vocab, SEQ, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adamw(3e-4, b2=0.999, weight_decay=0.03)
+    schedules = {m: get_schedule("linear") for m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)}
+
+    def step(params, opt_state, batch, rng):
+        def loss_fn(p):
+            m = nnx.merge(graphdef, p, rest)
+            logits_fn = lambda x, b: m(x, b["modality"], b["segment_ids"], b["positions"])  # noqa: E731
+            return mdm_loss(logits_fn, batch, rng, vocab=vocab, schedules=schedules)[0]
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1)), (params, tx.init(params))
+
+
+def run_precision(vocab: UnifiedVocab, dtype: str, batches, steps: int, warmup: int) -> dict:
+    step, (params, opt_state) = build_step(vocab, dtype)
+    rng = jax.random.key(1)
+    start = time.perf_counter()
+    compiled = step.lower(params, opt_state, batches[0], rng).compile()
+    compile_s = time.perf_counter() - start
+    state = [params, opt_state]
+    losses = []
+
+    def one(i: int):
+        state[0], state[1], loss = compiled(state[0], state[1], batches[i % len(batches)], jax.random.fold_in(rng, i))
+        losses.append(loss)
+        return loss
+
+    counter = iter(range(10**9))
+    timed(lambda: one(next(counter)), warmup)
+    times = timed(lambda: one(next(counter)), steps)
+    median = statistics.median(times)
+    flops_step = flops_per_token(PRESETS["bench-small"], vocab.size, SEQ) * BATCH * SEQ
+    return {
+        "ms_per_step": 1e3 * median,
+        "p10_ms": 1e3 * float(np.percentile(times, 10)),
+        "p90_ms": 1e3 * float(np.percentile(times, 90)),
+        "steps_per_s": 1 / median,
+        "tokens_per_s": BATCH * SEQ / median,
+        "flops_per_step": flops_step,
+        "flops_per_s": flops_step / median,
+        "compile_s": compile_s,
+        "first_loss": float(losses[0]),
+        "last_loss": float(losses[-1]),
+        "steps_run": len(losses),
+    }
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "device": str(jax.devices()[0]),
+        "platform": jax.default_backend(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="3 timed steps, 1 warm-up (checks it runs)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--precisions", default="float32,bfloat16")
+    args = parser.parse_args()
+    steps, warmup, peak_calls = (3, 1, 5) if args.quick else (args.steps, 3, 20)
+    vocab = UnifiedVocab(VOCAB_SIZE - 15 - 2, 1, 1)
+    assert vocab.size == VOCAB_SIZE
+    batches = make_batches(vocab)
+    peak_before = matmul_peak(peak_calls)
+    print(f"matmul peak (f32 2048^2): {peak_before / 1e9:.1f} GFLOP/s", flush=True)
+    results = {}
+    for dtype in args.precisions.split(","):
+        r = run_precision(vocab, dtype, batches, steps, warmup)
+        results[dtype] = r
+        print(f"{dtype}: {r['ms_per_step']:.1f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
+              f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s, loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}", flush=True)
+    peak_after = matmul_peak(peak_calls)
+    peak = max(peak_before, peak_after)
+    for r in results.values():
+        r["fraction_of_peak"] = r["flops_per_s"] / peak
+    best = max(results, key=lambda k: results[k]["fraction_of_peak"])
+    out = {
+        "benchmark": "train_step",
+        "shape": {"vocab": VOCAB_SIZE, "seq": SEQ, "batch": BATCH, "preset": "bench-small",
+                  **{k: getattr(PRESETS["bench-small"], k) for k in ("width", "depth", "heads", "mlp_hidden", "mlp_type")}},
+        "peak_flops_per_s": peak,
+        "peak_flops_per_s_before_after": [peak_before, peak_after],
+        "results": results,
+        "best_precision": best,
+        "fraction_of_peak": results[best]["fraction_of_peak"],
+        "quick": args.quick,
+        "machine": machine(),
+    }
+    if {"float32", "bfloat16"} <= set(results):
+        out["first_loss_rel_diff_bf16_vs_f32"] = abs(results["bfloat16"]["first_loss"] - results["float32"]["first_loss"]) / results["float32"]["first_loss"]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
