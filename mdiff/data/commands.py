@@ -1,6 +1,7 @@
 """CLI hooks for `mdiff data ...` (the lead wires `configure` and `run` into mdiff/cli.py).
 
     mdiff data build   [--data-dir DIR] [--scale full|tiny] [--force] [--no-progress]
+                       [--config FILE.py:VARIANT [--config.data.KEY=VALUE ...]]
     mdiff data info    [--data-dir DIR] [--quality]
 """
 
@@ -17,22 +18,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="{build,info}")
     build = sub.add_parser("build", help="build the embedded tri-modal dataset and its tokenizers (idempotent)")
     build.add_argument("--data-dir", default="", help="target directory (default: $MDIFF_DATA_DIR or ~/.cache/mdiff/data)")
-    build.add_argument("--scale", choices=("full", "tiny"), default="full", help="full corpora, or a small real subset for tests")
+    build.add_argument("--scale", choices=("full", "tiny"), default=None, help="full corpora (default), or a small real subset for tests")
     build.add_argument("--force", action="store_true", help="rebuild even if an intact build with these settings exists")
     build.add_argument("--no-progress", action="store_true", help="no progress lines")
+    build.add_argument("--config", default=None, help="take tokenizer/slot/voice settings (and data_dir, scale) from this config")
+    build.add_argument("overrides", nargs="*", metavar="--config.KEY=VALUE", help="config overrides (with --config)")
     info = sub.add_parser("info", help="describe a built dataset and check its files")
     info.add_argument("--data-dir", default="", help="dataset directory (default: $MDIFF_DATA_DIR or ~/.cache/mdiff/data)")
     info.add_argument("--quality", action="store_true", help="also measure tokenizer reconstruction (PSNR, WER; about a minute)")
 
 
 def run(args: argparse.Namespace) -> int:
-    data_dir = default_data_dir(args.data_dir)
     if args.data_command == "build":
         from mdiff.data.build import build_dataset
 
-        manifest = build_dataset(data_dir, scale=args.scale, force=args.force, progress=not args.no_progress)
+        settings, scale, data_dir = None, args.scale or "full", default_data_dir(args.data_dir)
+        if args.config:
+            from mdiff.config import load_config
+
+            config = load_config(args.config, args.overrides)
+            settings = config.data
+            data_dir = default_data_dir(args.data_dir or config.data.data_dir)
+            scale = args.scale or config.data.scale
+        manifest = build_dataset(data_dir, scale=scale, force=args.force, progress=not args.no_progress, settings=settings)
         print(json.dumps(summary(data_dir, manifest), indent=2))
         return 0
+    data_dir = default_data_dir(args.data_dir)
     if args.data_command == "info":
         return info(data_dir, quality=args.quality)
     print(f"unknown data command {args.data_command!r}; known: build, info", file=sys.stderr)
@@ -52,14 +63,10 @@ def summary(data_dir: str, manifest: dict) -> dict:
 
 
 def info(data_dir: str, *, quality: bool = False) -> int:
-    from mdiff.data.build import DatasetError, read_manifest
+    from mdiff.data.build import read_manifest
     from mdiff.data.reader import check_dataset_dir
 
-    try:
-        check_dataset_dir(data_dir)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    check_dataset_dir(data_dir)  # raises a one-line DataError if missing or damaged
     out = summary(data_dir, read_manifest(data_dir) or {})
     out["checksums"] = "ok"
     if quality:
