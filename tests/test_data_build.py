@@ -260,3 +260,15 @@ def test_reader_accepts_another_dataset_directory_with_the_same_features(tiny_da
         c = embedded_config(other)
         c.data.dataset = other
         make_pipeline(c, process_index=0, process_count=1)
+
+
+def test_data_cli_hooks(tiny_data, capsys):
+    from mdiff.data.commands import main
+
+    assert main(["info", "--data-dir", tiny_data]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["checksums"] == "ok" and info["scale"] == "tiny" and info["vocab"]["size"] == load_tokenizers(tiny_data).vocab.size
+    assert main(["build", "--data-dir", tiny_data, "--scale", "tiny", "--no-progress"]) == 0  # reuses the build
+    assert json.loads(capsys.readouterr().out)["data_dir"] == tiny_data
+    with pytest.raises(DatasetError, match="no built dataset"):
+        main(["info", "--data-dir", "/nonexistent/dir"])

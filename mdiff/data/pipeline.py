@@ -173,7 +173,8 @@ class Lane:
                 break
             if chosen == 0:
                 n = min(room - 1, max(math.ceil(deficits[0]) - 1, self.spec["min_text_chunk"]))
-                if n < room - 1 and room - 1 - n < lengths[1 if weights[1] else 2]:
+                smallest_other = min((lengths[s] for s in (1, 2) if weights[s] > 0), default=seq_len + 1)
+                if room - 1 - n < smallest_other:
                     n = room - 1  # what would remain fits nothing else: fill the row
                 example = layout_example(self.corpus.vocab, "text", self._take_text(n))
             else:
