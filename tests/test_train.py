@@ -346,3 +346,19 @@ def test_two_processes_of_four_devices_match_one_of_eight(tmp_path, reference_ru
     np.testing.assert_allclose([l for _, l in ours], [l for _, l in ref], rtol=2e-5)
     summary = json.loads((tmp_path / rundir.SUMMARY_FILE).read_text())
     assert summary["eval/loss"] == pytest.approx(ref_summary["eval/loss"], rel=2e-5)
+
+
+def test_progress_bar_respects_env_and_config(monkeypatch):
+    import io
+
+    from mdiff.train.progress import Progress
+
+    stream = io.StringIO()
+    monkeypatch.setenv("MDIFF_PROGRESS", "1")
+    Progress(10, enabled=True, stream=stream).update(3, 1.5)
+    assert "3/10" in stream.getvalue()
+    for env, flag in (("0", True), ("1", False)):
+        monkeypatch.setenv("MDIFF_PROGRESS", env)
+        quiet = io.StringIO()
+        Progress(10, enabled=flag, stream=quiet).update(3, 1.5)
+        assert quiet.getvalue() == ""

@@ -314,35 +314,46 @@ class Preemption:
 def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming from its checkpoints); return the summary."""
     distributed.initialize()
-    started = time.time()
-    workdir = pathlib.Path(workdir)
-    pipeline = make_pipeline(config, "train")
-    run = setup(config, workdir, pipeline.vocab)
-    sde.log_plan(run.plan)
-    checkpointer = Checkpointer(workdir / rundir.CHECKPOINT_DIR, keep=config.train.keep_checkpoints,
-                                use_async=config.train.checkpoint_async)
-    restored = checkpointer.restore(run.abstract_state, check_meta=shape_checker(run))
-    if restored is not None:
-        start, state, meta = restored
-        pipeline.set_state(own_data_state(meta["data"]))
-        wall_before = float(meta.get("wall_s", 0.0))
-        window = {k: float(v) for k, v in meta.get("window_sums", {}).items()}
-        log.info("resuming from step %d", start)
-    else:
-        start, state, wall_before, window = 0, init_state(run), 0.0, {}
-    rundir.write_config(workdir, config)
-    loop = _Loop(run, pipeline, checkpointer, start=start, wall_before=wall_before, started=started)
-    loop.sums = window
-    try:
-        with Preemption() as preemption:
+    with Preemption() as preemption:  # from the start: a SIGTERM while compiling still ends cleanly
+        started = time.time()
+        workdir = pathlib.Path(workdir)
+        pipeline = make_pipeline(config, "train")
+        checkpointer = None
+        try:
+            run = setup(config, workdir, pipeline.vocab)
+            sde.log_plan(run.plan)
+            checkpointer = Checkpointer(
+                workdir / rundir.CHECKPOINT_DIR, keep=config.train.keep_checkpoints, use_async=config.train.checkpoint_async
+            )
+            restored = checkpointer.restore(run.abstract_state, check_meta=shape_checker(run))
+            if restored is not None:
+                start, state, meta = restored
+                pipeline.set_state(own_data_state(meta["data"]))
+                resume = dict(wall_before=float(meta.get("wall_s", 0.0)), window=meta.get("window_sums", {}))
+                log.info("resuming from step %d", start)
+            else:
+                start, state, resume = 0, init_state(run), {}
+            rundir.write_config(workdir, config)
+            loop = _Loop(run, pipeline, checkpointer, start=start, started=started, **resume)
             return loop.run(state, preemption)
-    finally:
-        checkpointer.close()
-        pipeline.close()
+        finally:
+            if checkpointer is not None:
+                checkpointer.close()
+            pipeline.close()
 
 
 class _Loop:
-    def __init__(self, run: Run, pipeline, checkpointer: Checkpointer, *, start: int, wall_before: float, started: float):
+    def __init__(
+        self,
+        run: Run,
+        pipeline,
+        checkpointer: Checkpointer,
+        *,
+        start: int,
+        started: float,
+        wall_before: float = 0.0,
+        window: dict[str, float] | None = None,
+    ):
         self.run_ = run
         self.config = run.config
         self.pipeline = pipeline
@@ -358,7 +369,7 @@ class _Loop:
         self.peak = t.peak_flops or mfu.peak_flops_per_device(jax.devices()[0], self.config.model.dtype)
         self.evaluate = make_evaluator(run)
         self.last_eval: dict[str, float] = {}
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, float] = {k: float(v) for k, v in (window or {}).items()}
         self.window = (time.time(), start)
 
     # -- helpers ---------------------------------------------------------------------------------
