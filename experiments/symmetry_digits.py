@@ -37,8 +37,8 @@ def get_config(variant: str = "quick"):
     c.data.known_half_width = KNOWN
     c.data.known_class_scale = (1.0, 0.5)
     if variant == "quick":
-        c.inference.steps = 1500
-        c.flow.steps = 1500
+        c.inference.steps = 1200
+        c.flow.steps = 1200
     elif variant == "rotated":
         c.inference.steps = 6000
         c.flow.steps = 6000

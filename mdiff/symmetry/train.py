@@ -292,10 +292,12 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, resume: bool = Fa
     total = s1 + s2
     metrics_file = rundir.MetricsWriter(workdir / rundir.METRICS_FILE, keep_until_step=start)
     eval_file = rundir.JsonlWriter(workdir / rundir.EVAL_FILE, keep_until_step=start)
+    evals: dict[str, float] = {}
+    for record in rundir.read_jsonl(workdir / rundir.EVAL_FILE):  # stage-1 results of a resumed run
+        evals.update({k: v for k, v in record.items() if k.startswith("eval/")})
     root = jax.random.key(config.seed)
     t0 = time.time()
     step = start
-    evals: dict[str, float] = {}
     rates = {1: [], 2: []}
     status = "failed"
     if start:

@@ -1,0 +1,196 @@
+"""SGM training end to end: run directory, resume, plots, VAEs, CLI errors, configs, data, losses."""
+
+import json
+import math
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mdiff import cli, rundir
+from mdiff.config import ConfigError, load_config, variants_of, _import_file
+from mdiff.symmetry import data as D
+from mdiff.symmetry import defaults  # noqa: F401
+from mdiff.symmetry import losses
+from mdiff.symmetry.nets import InferenceNet
+from mdiff.symmetry.transforms import Bounds, Family
+from mdiff.symmetry.vae import VAE, iwlb
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TINY = str(ROOT / "experiments/symmetry_digits.py") + ":tiny"
+VAES = '--config.vae.models=("vae","augvae","protovae")'
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sgm") / "run"
+    code = cli.main(["symmetry", "train", "--config", TINY, "--workdir", str(workdir),
+                     "--config.train.progress=False"])
+    assert code == 0
+    return workdir
+
+
+def test_run_directory_contract(run_dir):
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["kind"] == "symmetry"
+    records = rundir.read_jsonl(run_dir / "metrics.jsonl")
+    assert {r["stage"] for r in records} == {1, 2}
+    assert [r["step"] for r in records] == sorted(r["step"] for r in records)
+    assert all(math.isfinite(r["loss"]) for r in records)
+    stage1 = [r for r in records if r["stage"] == 1]
+    assert {"x_mse", "inv_mse", "sigma", "lr", "grad_norm", "steps_per_s", "wall_s"} <= set(stage1[0])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["steps"] == 12
+    assert summary["steps_per_s_stage1"] > 0 and summary["steps_per_s_stage2"] > 0
+    for key in ("eval/stage1/x_mse", "eval/stage2/log_p", "recovery/rotation/w1", "recovery/rotation/std_learned"):
+        assert math.isfinite(summary[key]), key
+    evals = rundir.read_jsonl(run_dir / "eval.jsonl")
+    assert [e["stage"] for e in evals] == [1, 2, 3]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["12", "8"]
+
+
+def test_resume_after_preemption_reproduces_the_run(run_dir, tmp_path):
+    """Drop the last checkpoint and summary (a run killed after step 8); resuming must give the same result."""
+    from mdiff.symmetry.train import checkpoint_manager, train_and_evaluate, _flat
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "checkpoints" / "12")
+    (copy / "summary.json").unlink()
+    config = load_config(TINY, ["--config.train.progress=False"])
+    summary = train_and_evaluate(config, copy)
+    original = json.loads((run_dir / "summary.json").read_text())
+    for key in ("eval/stage2/loss", "eval/stage1/x_mse", "recovery/rotation/w1"):
+        assert summary[key] == pytest.approx(original[key], rel=1e-4, abs=1e-4), key
+    assert [r["step"] for r in rundir.read_jsonl(copy / "metrics.jsonl")] == \
+        [r["step"] for r in rundir.read_jsonl(run_dir / "metrics.jsonl")]
+    a, b = checkpoint_manager(run_dir, 2), checkpoint_manager(copy, 2)
+    ra, rb = a.restore(12), b.restore(12)
+    for key in ra:
+        np.testing.assert_allclose(ra[key], rb[key], rtol=1e-4, atol=1e-5)
+    a.close(), b.close()
+    assert _flat  # the flat layout is what both runs stored
+
+
+def test_plot_writes_figures(run_dir):
+    from mdiff.symmetry.plots import plot_run
+
+    paths = plot_run(run_dir, n_examples=3)
+    assert [p.name for p in paths] == ["curves.png", "resamples.png", "marginals.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.transform.bounds=(1.0,2.0)", "transform.bounds"),
+    ("--config.transform.family=projective", "transform.family"),
+    ("--config.transform.family=hsv", "transform.family"),  # colour on grey digits
+    ("--config.data.known_half_width=(0.1,)", "data.known_half_width"),
+    ("--config.inference.arch=resnet", "inference.arch"),
+    ("--config.vae.models=('gan',)", "vae.models"),
+])
+def test_cli_rejects_bad_config(override, message, tmp_path, capsys):
+    code = cli.main(["symmetry", "train", "--config", TINY, "--workdir", str(tmp_path / "r"), override])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_refuses_other_run_and_missing_plot_dir(run_dir, tmp_path, capsys):
+    code = cli.main(["symmetry", "train", "--config", TINY, "--workdir", str(run_dir), "--config.seed=3"])
+    assert code == 2 and "different config" in capsys.readouterr().err
+    assert cli.main(["symmetry", "plot", str(tmp_path / "nothing")]) == 2
+    assert "not a symmetry run directory" in capsys.readouterr().err
+
+
+def test_every_experiment_variant_validates():
+    for name in ("symmetry_digits", "symmetry_dsprites", "symmetry_emoji"):
+        path = ROOT / "experiments" / f"{name}.py"
+        for variant in variants_of(_import_file(path)):
+            config = load_config(f"{path}:{variant}")
+            assert config.kind == "symmetry"
+            assert len(config.transform.bounds) == Family(config.transform.family).dim
+
+
+def test_known_eta_respects_class_ranges_and_data_shapes():
+    labels = np.arange(1000) % 3
+    eta = D.known_eta(labels, (0.1, math.pi / 3), (1.0, 0.5), seed=0, dim=2)
+    for c, s in enumerate((1.0, 0.5, 1.0)):
+        spread = np.abs(eta[labels == c]).max(axis=0)
+        np.testing.assert_array_less(spread, np.array([0.1, math.pi / 3]) * s + 1e-6)
+        assert spread[1] > 0.9 * s * math.pi / 3
+    emoji = D.render_emoji(5, 16)
+    assert emoji.shape == (5, 16, 16, 3) and emoji.min() >= -1 and emoji.max() <= 1
+    assert len({e.tobytes() for e in emoji}) == 5
+    shapes, labels, _ = D.load_dsprites(6, 16, D.SHAPES, "canonical", 0)
+    assert shapes.shape == (6, 16, 16, 1) and set(np.unique(labels)) <= {0, 1, 2}
+    heart = D.render_shape("heart", 32, 0.5, 0.5, 1.6, 0.0)
+    np.testing.assert_allclose(heart, heart[:, ::-1], atol=1e-6)  # mirror-symmetric, not up-down symmetric
+    assert np.abs(heart - heart[::-1]).max() > 0.5
+
+
+def test_flow_loss_does_not_train_the_inference_net():
+    fam = Family("affine")
+    bounds = Bounds.create(fam, (0.2, 0.2, 1.0, 0.2, 0.2))
+    from mdiff.symmetry.flow import ConditionalFlow
+
+    inf = InferenceNet((8, 8, 1), bounds, hidden=(16,), rngs=nnx.Rngs(0))
+    flow = ConditionalFlow((8, 8, 1), bounds, hidden=(16,), num_flows=2, num_bins=4, conditioner_hidden=(8,),
+                           rngs=nnx.Rngs(1))
+    x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1), minval=-1, maxval=1)
+    g_inf, i_state = nnx.split(inf)
+    g_flow, f_state = nnx.split(flow)
+
+    def loss(i_s, f_s):
+        return losses.flow_loss(nnx.merge(g_flow, f_s), nnx.merge(g_inf, i_s), fam, bounds, x, jax.random.key(1),
+                                n_samples=2, bounds_mult=1.0, consistency=1.0, order=1)[0]
+
+    gi, gf = jax.jit(jax.grad(loss, argnums=(0, 1)))(i_state, f_state)
+    assert all(float(jnp.abs(v).max()) == 0 for v in jax.tree.leaves(gi))
+    assert any(float(jnp.abs(v).max()) > 0 for v in jax.tree.leaves(gf))
+
+
+def test_invariance_loss_vanishes_without_augmentation_at_init():
+    fam = Family("affine")
+    bounds = Bounds.create(fam, (1e-6,) * 5)
+    inf = InferenceNet((8, 8, 1), bounds, hidden=(16,), sigma_init=1e-6, rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1), minval=-1, maxval=1)
+    graph, state = nnx.split(inf)
+    loss, metrics = jax.jit(lambda s: losses.invariance_loss(nnx.merge(graph, s), fam, bounds, x, jax.random.key(2),
+                                                             n_samples=2, symmetric=True, invertibility=0.1,
+                                                             order=3))(state)
+    assert float(loss) < 1e-8 and float(metrics["inv_mse"]) < 1e-8
+
+
+def test_vae_combinations_train_and_report_a_bound():
+    """VAE, AugVAE and prototype-VAE on top of an (untrained) SGM: finite bounds with standard errors."""
+    from mdiff.symmetry.train import Trainer, family_and_bounds
+    from mdiff.symmetry.vae import run_vaes
+
+    config = load_config(TINY, [VAES, "--config.vae.steps=2", "--config.vae.iw_samples=4"])
+    splits = D.load(config.data, family_and_bounds(config)[0], config.seed)
+    splits["test"] = splits["test"].take(np.arange(8))
+    out = run_vaes(config, Trainer.create(config, splits["train"].images.shape[1:]), splits, log=lambda m: None)
+    for kind in ("vae", "augvae", "protovae"):
+        assert math.isfinite(out[f"vae/{kind}/test_iwlb"]) and out[f"vae/{kind}/test_iwlb_se"] > 0
+
+
+def test_importance_weighting_tightens_the_bound():
+    vae = VAE((6, 6, 1), 3, (16,), rngs=nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(0), (64, 6, 6, 1), minval=-1, maxval=1)
+    graph, state = nnx.split(vae)
+    bound = jax.jit(lambda s, k: jnp.mean(iwlb(nnx.merge(graph, s).log_weights(x, jax.random.key(1), k))),
+                    static_argnums=1)
+    one, many = float(bound(state, 1)), float(bound(state, 200))
+    assert many > one
+
+
+def test_config_errors_name_key_and_value():
+    with pytest.raises(ConfigError, match=r"config.flow.num_bins=1"):
+        load_config(TINY, ["--config.flow.num_bins=1"])
+    with pytest.raises(ConfigError, match=r"config.data.name='mnist'"):
+        load_config(TINY, ["--config.data.name=mnist"])
