@@ -148,6 +148,20 @@ def image_prompts(run: LoadedRun, train_items: list[dict], n: int) -> list[dict]
     return (digits[:half] + emoji[: n - min(half, len(digits))])[:n]
 
 
+def image_reference(run: LoadedRun, prompts: list[dict], train_items: list[dict]) -> np.ndarray:
+    """Other real images with the prompts' mix of sources: validation digits, emoji not prompted."""
+    from mdiff.data import raw
+
+    n_digits = sum(p["source"] == "digits" for p in prompts)
+    digits = [it for it in raw.captioned_images(run.corpus_name, "validation") if it["source"] == "digits"][:n_digits]
+    used = {p["key"] for p in prompts}
+    emoji = [it for it in train_items if it["source"] == "emoji" and it["key"] not in used][: len(prompts) - len(digits)]
+    chosen = digits + emoji
+    if len(chosen) < 2:
+        chosen = train_items[: max(len(prompts), 2)]
+    return np.stack([it["image"] for it in chosen])
+
+
 def eval_t2i(run: LoadedRun, n: int, seed: int, settings: SamplerSettings, batch_size: int) -> dict[str, Any]:
     from mdiff.eval.image_metrics import frechet_distance
 
@@ -159,7 +173,7 @@ def eval_t2i(run: LoadedRun, n: int, seed: int, settings: SamplerSettings, batch
     tok = run.tokenizers.image
     generated = np.stack([tok.decode(s) for s in samples])
     round_trip = np.stack([tok.decode(tok.encode(img)) for img in real])
-    reference = np.stack([it["image"] for it in train_items[: max(len(prompts), 2)]])
+    reference = image_reference(run, prompts, train_items)
     feats = judge.features
     return {
         "accuracy": judge.accuracy(generated, labels),
@@ -167,7 +181,7 @@ def eval_t2i(run: LoadedRun, n: int, seed: int, settings: SamplerSettings, batch
         "ceiling": {
             "accuracy_real": judge.accuracy(real, labels),
             "accuracy_tokenizer_round_trip": judge.accuracy(round_trip, labels),
-            "fd_real_vs_train": frechet_distance(feats(real), feats(reference)),
+            "fd_real_vs_other_real": frechet_distance(feats(real), feats(reference)),
             "fd_tokenizer_round_trip": frechet_distance(feats(real), feats(round_trip)),
         },
         "shuffled": {"accuracy_real": judge.accuracy(real, shuffled(labels, seed))},

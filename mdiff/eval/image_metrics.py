@@ -8,6 +8,7 @@ is trained on shifted / noised copies of each real image and scored on prompts i
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -58,6 +59,7 @@ class ImageJudge:
 
     @classmethod
     def fit(cls, images: np.ndarray, labels: Sequence[str], *, copies: int = 1, seed: int = 0, hidden: int = 64) -> "ImageJudge":
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.neural_network import MLPClassifier
 
         if copies > 1:
@@ -70,7 +72,8 @@ class ImageJudge:
         model = MLPClassifier(hidden_layer_sizes=(hidden,), solver="lbfgs", max_iter=300, random_state=seed, alpha=1e-2)
         features = image_features(images)
         # One BLAS thread: these small matrices fit 20x slower when threads fight over a busy CPU.
-        with threadpool_limits(1):
+        with threadpool_limits(1), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # the iteration cap is deliberate
             model.fit(features, y)
         return cls(classes, model)
 

@@ -22,6 +22,7 @@ from mdiff.eval.text_metrics import normalise
 
 SAMPLE_RATE = 16000
 DISCOUNT = 0.5
+PAD_SAMPLES = 4000  # 0.25 s of silence around each utterance
 
 
 def _model_dir() -> str:
@@ -104,7 +105,9 @@ class Transcriber:
         peak = float(np.abs(wav).max()) if wav.size else 0.0
         if peak < 1e-4:
             return ""
-        pcm = (np.clip(wav / max(peak, 1e-9) * 0.9, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
+        pad = np.zeros(PAD_SAMPLES, np.float32)  # the recogniser misses words that start at sample 0
+        wav = np.concatenate([pad, wav / peak * 0.9, pad])
+        pcm = (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16).tobytes()
         self.decoder.start_utt()
         self.decoder.process_raw(pcm, full_utt=True)
         self.decoder.end_utt()
