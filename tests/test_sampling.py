@@ -227,3 +227,25 @@ def test_bad_settings_are_clear_errors(changes, conditional, message):
     settings = S.SamplerSettings(**changes)
     with pytest.raises(S.SamplingError, match=message.replace("(", r"\(").replace(".", r"\.")):
         S.Sampler(text_oracle(correlated_joint(2)), linear_alpha, settings, (LO, HI), VOCAB.mask_id, conditional=conditional)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("sampling.text.guidance=1.0", "config.sampling.text.guidance=1.0: classifier-free guidance needs a conditional task"),
+        ("sampling.t2i.steps=0", "config.sampling.t2i.steps=0: must be an integer >= 1"),
+        ("sampling.t2s.top_p=1.5", "config.sampling.t2s.top_p=1.5: must lie in (0, 1]"),
+        ("sampling.i2t.method=beam", "config.sampling.i2t.method='beam': allowed: ancestral, confidence"),
+    ],
+)
+def test_per_task_sampling_defaults_are_validated(override, message):
+    from mdiff.config import ConfigError, apply_overrides, validate
+    from mdiff.defaults import base_config
+
+    validate(base_config())  # the shipped defaults are valid
+    config = apply_overrides(base_config(), [f"--config.{override}"])
+    with pytest.raises(ConfigError) as err:
+        validate(config)
+    assert message in str(err.value)
+    for task in ("text", "t2i", "i2t", "t2s", "s2t"):  # every task has its own section with every setting
+        assert set(base_config().sampling[task].keys()) == set(S.SamplerSettings.__dataclass_fields__)
