@@ -14,7 +14,7 @@ from mdiff.model import build_model
 from mdiff.parallel_defaults import default_rules
 
 VOCAB = UnifiedVocab(70, 30, 13)  # 128 ids: shardable over tensor
-MODEL = dict(width=32, depth=2, heads=4, mlp_hidden=64)
+MODEL = dict(width=32, depth=1, heads=4, mlp_hidden=64)
 SCHEDULES = {m: get_schedule("cosine") for m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)}
 
 
@@ -68,7 +68,7 @@ def loss_and_grads(model, batch):
 
 def test_one_device_and_fsdp_tensor_mesh_agree():
     make = lambda: build_model(MODEL, VOCAB, 32, rngs=nnx.Rngs(0))  # noqa: E731
-    batch = make_batch()
+    batch = make_batch(length=8)
     with jax.default_device(jax.devices()[0]):
         loss1, grads1 = loss_and_grads(make(), {k: jnp.asarray(v) for k, v in batch.items()})
 
