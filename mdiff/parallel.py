@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from mdiff.parallel_defaults import LOGICAL_AXES, MESH_AXES
+from mdiff.parallel_defaults import MESH_AXES, parse_rules
 
 Rules = dict[str, Any]  # logical axis -> None | mesh axis | tuple of mesh axes
 
@@ -74,35 +74,7 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
 # ---------------------------------------------------------------------------------------------
 def logical_rules(mesh_cfg: Any) -> Rules:
     """Validated rules: every logical axis mapped exactly once, only to existing mesh axes."""
-    raw = _get(mesh_cfg, "rules")
-    rules: Rules = {}
-    for entry in raw:
-        if len(entry) != 2:
-            raise ShardingError(f"config.mesh.rules entry {entry!r}: expected (logical_axis, mesh_axes)")
-        name, target = entry[0], _normalise_target(entry[1])
-        if name not in LOGICAL_AXES:
-            raise ShardingError(f"config.mesh.rules: unknown logical axis {name!r}; known: {', '.join(LOGICAL_AXES)}")
-        for axis in () if target is None else (target if isinstance(target, tuple) else (target,)):
-            if axis not in MESH_AXES:
-                raise ShardingError(
-                    f"config.mesh.rules[{name!r}] -> {axis!r}: no such mesh axis; mesh axes: {', '.join(MESH_AXES)}"
-                )
-        if name in rules and rules[name] != target:
-            raise ShardingError(
-                f"config.mesh.rules maps logical axis {name!r} twice, differently: {rules[name]!r} and {target!r}"
-            )
-        rules[name] = target
-    missing = [a for a in LOGICAL_AXES if a not in rules]
-    if missing:
-        raise ShardingError(f"config.mesh.rules: no rule for logical axes {missing} (use None to replicate)")
-    return rules
-
-
-def _normalise_target(target: Any) -> Any:
-    if target is None or isinstance(target, str):
-        return target
-    target = tuple(target)
-    return target[0] if len(target) == 1 else (target or None)
+    return parse_rules(_get(mesh_cfg, "rules"), ShardingError)
 
 
 def logical_to_spec(axes: Sequence[str | None], rules: Rules) -> PartitionSpec:

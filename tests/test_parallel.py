@@ -134,3 +134,18 @@ def test_aot_compile_3b_preset_on_fake_mesh():
     memory = _aot_report("3b", vocab, 1024, 8, (1, 4, 2))
     # f32 params + two AdamW moments, split 8 ways: the arguments alone are ~12 bytes/param / 8.
     assert memory["argument_size_in_bytes"] == pytest.approx(12 * counts["total"] / 8, rel=0.05)
+
+
+def test_config_validation_checks_rules_without_jax_objects():
+    from mdiff.config import ConfigError, validate
+    from mdiff.defaults import base_config
+
+    cfg = base_config()
+    validate(cfg)
+    cfg.mesh.rules = tuple(r for r in default_rules() if r[0] != "vocab")
+    with pytest.raises(ConfigError, match="no rule for logical axes \\['vocab'\\]"):
+        validate(cfg)
+    cfg = base_config()
+    cfg.model.size = "7b"
+    with pytest.raises(ConfigError, match="config.model.size='7b': known presets"):
+        validate(cfg)

@@ -35,5 +35,9 @@ def validate_model(config: ConfigDict) -> None:
     for key in ("dtype", "param_dtype"):
         if m[key] not in ("float32", "bfloat16"):
             fail(f"model.{key}", m[key], "allowed: float32, bfloat16")
+    from mdiff.model.scaling import PRESETS  # pure Python, no JAX
+
+    if m.size and m.size not in PRESETS:
+        fail("model.size", m.size, f"known presets: {', '.join(PRESETS)} (or '' for the explicit shape)")
     if not m.size and m.width % m.heads:
         fail("model.width", m.width, f"must be divisible by model.heads={m.heads}")
