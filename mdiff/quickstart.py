@@ -4,9 +4,10 @@ Stages (each prints a header with the elapsed time; each skips work that is alre
   1. data     build the embedded tri-modal dataset if it is missing (`mdiff.data.build`)
   2. sweep    the CPU scaling sweep (sweeps/scaling.py:cpu, an IsoFLOP grid of 4 sizes x 3 budgets)
               in DIR, N runs at a time, with an overall progress line
-  3. fits     scaling laws L(N, D) for the total loss and each modality's loss -> DIR/fits/<column>.json
-  4. samples  text, text-to-image and text-to-speech from the best run, scored -> DIR/samples/
-  5. report   DIR/report/index.html (plots, tables, samples, audio players) and DIR/report/summary.md
+  3. samples  text, text-to-image and text-to-speech from the best run, scored -> DIR/samples/
+  4. report   `analysis.report`: scaling laws L(N, D) for the loss and each modality's loss, IsoFLOP
+              optima, plots and tables, plus the quickstart's samples section (images, audio players)
+              -> DIR/report/index.html, DIR/report/summary.md, DIR/report/analyses.json
 
 DIR is a sweep directory (sweep.json, runs/, results.csv), so `mdiff report DIR` and `mdiff sweep status DIR`
 work on it too. JAX is imported only inside the stages that need it (in subprocesses for training).
@@ -28,7 +29,6 @@ from mdiff.sweeps_lib.define import SweepError
 
 DEFAULT_OUT = "quickstart_out"
 DEFAULT_SWEEP = "scaling:cpu"
-LOSS_COLUMNS = ("loss", "loss_text", "loss_image", "loss_audio")
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 
@@ -70,10 +70,11 @@ class Result:
 def sweep_data_config(sweep_spec: str) -> Any:
     """The `config.data` the sweep's runs train on (its dataset and the build settings)."""
     from mdiff.config import load_config
+    from mdiff.sweeps_lib.define import override_args
     from mdiff.sweeps_lib.expand import load_sweep
 
     sw = load_sweep(sweep_spec)
-    return load_config(sw.config, [f"--config.{k}={v}" for k, v in sw.common.items()], check=False).data
+    return load_config(sw.config, override_args(sw.common), check=False).data
 
 
 def ensure_dataset(data_dir: str | None, data_config: Any, stages: Stages) -> str:
@@ -89,46 +90,7 @@ def ensure_dataset(data_dir: str | None, data_config: Any, stages: Stages) -> st
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. fits
-# ---------------------------------------------------------------------------------------------
-def fit_losses(out: pathlib.Path, stages: Stages, *, n_bootstrap: int = 20, seed: int = 0) -> dict[str, Any]:
-    """Fit L(N, D) = E + A/N^alpha + B/D^beta for each loss column with values; write DIR/fits/<column>.json.
-
-    Returns {column: fit json or {"error": reason}}; a column that cannot be fitted (too few complete
-    runs, a modality absent from the data) is reported, not fatal.
-    """
-    import pandas as pd
-
-    from analysis.errors import AnalysisError
-    from analysis.scaling import fit_scaling_law
-
-    table = pd.read_csv(out / state.RESULTS_FILE)
-    table.attrs["source"] = str(out / state.RESULTS_FILE)
-    fits_dir = out / "fits"
-    fits_dir.mkdir(exist_ok=True)
-    fits: dict[str, Any] = {}
-    for column in LOSS_COLUMNS:
-        if column not in table or table[column].isna().all():
-            continue
-        t0 = time.monotonic()
-        try:
-            fit = fit_scaling_law(table, column, n_bootstrap=n_bootstrap, n_starts=8, seed=seed, workers=1, use_flops=True)
-        except AnalysisError as e:
-            fits[column] = {"error": str(e)}
-            stages.say(f"fit {column}: not fitted ({e})")
-            continue
-        fits[column] = fit.to_json()
-        state.write_atomic(fits_dir / f"{column}.json", json.dumps(fits[column], indent=2, default=float) + "\n")
-        p = fit.params
-        stages.say(
-            f"fit {column}: L = {p['E']:.3g} + {p['A']:.3g}/N^{p['alpha']:.3g} + {p['B']:.3g}/D^{p['beta']:.3g} "
-            f"({time.monotonic() - t0:.0f}s)"
-        )
-    return fits
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. samples
+# 3. samples
 # ---------------------------------------------------------------------------------------------
 def best_run(out: pathlib.Path) -> str | None:
     """The complete run with the lowest final validation loss."""
@@ -223,65 +185,8 @@ def headline_scores(scores: dict[str, Any]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. report
+# 4. report
 # ---------------------------------------------------------------------------------------------
-def write_summary_md(result: Result, sweep_name: str, results_rows: list[dict[str, str]]) -> pathlib.Path:
-    lines = [
-        "# mdiff quickstart",
-        "",
-        f"Sweep `{sweep_name}`: {len(results_rows)} runs "
-        f"({sum(r['status'] == 'complete' for r in results_rows)} complete); "
-        f"wall time {result.wall_s / 60:.1f} min.",
-        "",
-        "## Runs",
-        "",
-        "| run | params | tokens | loss | text | image | audio | status |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in results_rows:
-        cells = [_num(r.get(k)) for k in ("params", "tokens", "loss", "loss_text", "loss_image", "loss_audio")]
-        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {r['status']} |")
-    lines += ["", "## Scaling laws  L(N, D) = E + A / N^alpha + B / D^beta", ""]
-    if result.fits:
-        lines += ["| loss | E | A | alpha | B | beta | points |", "|---|---:|---:|---:|---:|---:|---:|"]
-        for column, fit in result.fits.items():
-            if "error" in fit:
-                lines.append(f"| {column} | not fitted: {fit['error']} ||||||")
-            else:
-                lines.append(
-                    f"| {column} | {fit['E']:.4g} | {fit['A']:.4g} | {fit['alpha']:.3g} | {fit['B']:.4g} | "
-                    f"{fit['beta']:.3g} | {fit['n_points']} |"
-                )
-    else:
-        lines.append("No fits (too few complete runs).")
-    lines += ["", "## Samples", ""]
-    if result.samples.get("tasks"):
-        lines.append(f"From the best run, `{result.best_run}`.")
-        lines.append("")
-        for task, info in result.samples["tasks"].items():
-            scores = ", ".join(f"{k} {_num(v)}" for k, v in (info.get("scores") or {}).items())
-            lines.append(f"- **{task}**: {scores or 'no scores'}")
-    else:
-        lines.append(result.samples.get("error", "No samples."))
-    lines += ["", f"Full report: `{result.report}`" if result.report else ""]
-    path = result.out / "report" / "summary.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state.write_atomic(path, "\n".join(lines) + "\n")
-    return path
-
-
-def _num(value: Any) -> str:
-    if value in (None, ""):
-        return ""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if x.is_integer():
-        return str(int(x)) if abs(x) < 1e6 else f"{x:.3g}"
-    return f"{x:.4g}"
-
-
 TASK_TITLES = {"text": "Text (unconditional)", "t2i": "Text to image", "t2s": "Text to speech"}
 
 
@@ -301,26 +206,56 @@ def samples_html(out: pathlib.Path, samples: dict[str, Any], report_dir: pathlib
         for sample in info.get("samples", []):
             path = out / "samples" / sample["file"]
             rel = os.path.relpath(path, report_dir)
-            prompt = f"<div class='prompt'>{escape(str(sample['prompt']))}</div>" if sample.get("prompt") else ""
+            prompt = f"<figcaption>{escape(str(sample['prompt']))}</figcaption>" if sample.get("prompt") else ""
             if path.suffix == ".png":
                 body = f"<img src='{escape(rel)}' width='96' style='image-rendering: pixelated' alt='{escape(str(sample.get('prompt')))}'>"
             elif path.suffix == ".wav":
                 body = f"<audio controls preload='none' src='{escape(rel)}'></audio>"
             else:
                 text = path.read_text() if path.exists() else ""
-                body = f"<pre>{escape(text.strip())}</pre>"
-            items.append(f"<div class='sample'>{prompt}{body}</div>")
+                body = f"<pre style='white-space: pre-wrap'>{escape(text.strip())}</pre>"
+            items.append(f"<figure>{body}{prompt}</figure>")
         parts.append("<div class='samples'>" + "".join(items) + "</div>")
     return "\n".join(parts)
 
 
-def build_report(out: pathlib.Path, samples: dict[str, Any]) -> pathlib.Path:
-    """The analysis report of the sweep directory, with the quickstart's samples section added."""
+def samples_markdown(samples: dict[str, Any]) -> str:
+    lines = [f"From the best run, `{samples.get('run')}` (step {samples.get('step')}); files in `samples/`."]
+    for task, info in samples.get("tasks", {}).items():
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in (info.get("scores") or {}).items())
+        lines.append(f"- **{TASK_TITLES.get(task, task)}**: {scores or 'no scores'}")
+    return "\n".join(lines)
+
+
+def quickstart_sections(result: Result, sweep_name: str) -> list[Any]:
+    """The quickstart's own report sections: how it went, and the samples."""
+    from analysis.report import Section
+
+    notes = [
+        f"mdiff quickstart: sweep {sweep_name}, wall time {result.wall_s / 60:.1f} min so far (report building excluded).",
+        f"best run (lowest validation loss): {result.best_run}" if result.best_run else "no complete run",
+    ]
+    if result.failed_runs:
+        notes.append(f"failed runs: {', '.join(result.failed_runs)} (logs in logs/; rerun to retry)")
+    sections = [Section("Quickstart", notes=notes, markdown="\n".join(f"- {n}" for n in notes))]
+    if result.samples.get("tasks"):
+        body = samples_html(result.out, result.samples, result.out / "report")
+        sections.append(Section("Samples", body_html=body, markdown=samples_markdown(result.samples)))
+    elif result.samples.get("error"):
+        sections.append(Section("Samples", notes=[result.samples["error"]]))
+    return sections
+
+
+def build_report(result: Result, sweep_name: str, n_bootstrap: int) -> pathlib.Path:
+    """analysis.report on the sweep directory (fits per modality, IsoFLOP, plots, tables, summary.md),
+    with the quickstart's sections added; returns DIR/report/index.html."""
     from analysis.report import build_report as analysis_report
 
-    report_dir = out / "report"
-    sections = [("Samples", samples_html(out, samples, report_dir))] if samples.get("tasks") else []
-    return pathlib.Path(analysis_report(out, extra_sections=sections))
+    page = analysis_report(result.out, extra_sections=quickstart_sections(result, sweep_name), n_bootstrap=n_bootstrap)
+    analyses = state.read_json(result.out / "report" / "analyses.json") or {}
+    result.fits = {"loss": analyses.get("scaling_fit"), **(analyses.get("per_modality_fits") or {})}
+    result.fits = {k: v for k, v in result.fits.items() if v}
+    return pathlib.Path(page)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,13 +269,14 @@ def quickstart(
     data_dir: str | None = None,
     force: bool = False,
     samples: bool = True,
-    n_bootstrap: int = 20,
+    n_bootstrap: int = 0,
     stream: TextIO | None = sys.stderr,
 ) -> Result:
-    from mdiff.sweeps_lib.runner import Progress, run_sweep
+    """Run every stage (skipping work already done) and return where things are."""
     from mdiff.sweeps_lib.expand import expand, load_sweep
+    from mdiff.sweeps_lib.runner import Progress, run_sweep
 
-    stages = Stages(5, stream)
+    stages = Stages(4, stream)
     out = pathlib.Path(out).resolve()
     result = Result(out)
     state.check_writable(out)  # before minutes of data building
@@ -351,7 +287,7 @@ def quickstart(
         env["MDIFF_DATA_DIR"] = ensure_dataset(data_dir, data_config, stages)
         os.environ["MDIFF_DATA_DIR"] = env["MDIFF_DATA_DIR"]  # the samples stage reads it in this process
     else:
-        stages.say("this sweep trains on the synthetic dataset; nothing to build")
+        stages.say(f"this sweep trains on the {data_config.dataset} dataset; nothing to build")
 
     stages.begin(f"training sweep {sweep} ({parallel} at a time)")
     sw = load_sweep(sweep)
@@ -360,36 +296,28 @@ def quickstart(
     result.failed_runs = list(outcome.failed)
     if outcome.interrupted:
         raise KeyboardInterrupt
-    complete = len(outcome.complete) + len(outcome.skipped)
-    if not complete:
+    if not outcome.complete and not outcome.skipped:
         raise SweepError(f"no run of {sw.name} completed; see {out / 'logs'} (mdiff sweep status {out})")
 
-    stages.begin("scaling-law fits per modality")
-    result.fits = fit_losses(out, stages, n_bootstrap=n_bootstrap)
-
-    stages.begin("samples from the best run")
+    stages.begin("samples from the best run, scored")
     result.best_run = best_run(out)
     if samples and result.best_run:
         try:
             result.samples = make_samples(out, result.best_run, stages)
-        except (ImportError, ValueError, OSError) as e:  # a missing evaluator is reported, not fatal
-            result.samples = {"error": f"samples not made: {e}"}
+        except Exception as e:  # noqa: BLE001 - the report still gets written, and says what went wrong
+            result.samples = {"error": f"samples not made: {type(e).__name__}: {e}"}
             stages.say(result.samples["error"])
     else:
         stages.say("skipped")
 
-    stages.begin("report")
-    try:
-        result.report = build_report(out, result.samples)
-    except ImportError as e:
-        stages.say(f"HTML report not built ({e}); summary.md is")
+    stages.begin("report: scaling-law fits per modality, plots, tables, samples")
     result.wall_s = stages.elapsed()
-    with open(out / state.RESULTS_FILE) as f:
-        import csv
-
-        rows = list(csv.DictReader(f))
-    result.summary = write_summary_md(result, sw.name, rows)
-    stages.say(f"done in {result.wall_s / 60:.1f} min: {result.report or result.summary}")
+    result.report = build_report(result, sw.name, n_bootstrap)
+    result.summary = out / "report" / "summary.md"
+    for column, fit in result.fits.items():
+        stages.say(f"fit {column}: L = {fit['E']:.3g} + {fit['A']:.3g}/N^{fit['alpha']:.3g} + {fit['B']:.3g}/D^{fit['beta']:.3g}")
+    result.wall_s = stages.elapsed()
+    stages.say(f"done in {result.wall_s / 60:.1f} min: open {result.report}")
     return result
 
 
@@ -402,6 +330,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", default=DEFAULT_SWEEP, help=f"the scaling sweep to run (default {DEFAULT_SWEEP})")
     parser.add_argument("--data-dir", default=None, help="dataset directory (default $MDIFF_DATA_DIR or ~/.cache/mdiff/data)")
     parser.add_argument("--no-samples", action="store_true", help="skip sampling and scoring")
+    parser.add_argument("--bootstrap", type=int, default=0,
+                        help="bootstrap replicates for the fits' intervals (default 0: point fits, fast on a CPU)")
     parser.add_argument("--force", action="store_true", help="use an output directory that holds another sweep")
 
 
@@ -409,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = quickstart(
             args.out, sweep=args.sweep, parallel=args.parallel, data_dir=args.data_dir, force=args.force,
-            samples=not args.no_samples,
+            samples=not args.no_samples, n_bootstrap=args.bootstrap,
         )
     except SweepError as e:
         print(f"mdiff quickstart: error: {e}", file=sys.stderr)
@@ -417,5 +347,5 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("mdiff quickstart: interrupted; run the same command again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(result.report or result.summary)
-    return EXIT_FAILED if result.failed_runs else 0
+    print(result.report)
+    return EXIT_FAILED if result.failed_runs or "error" in result.samples else 0

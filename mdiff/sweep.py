@@ -12,7 +12,9 @@ Commands (wired into `mdiff` by mdiff/cli.py):
     mdiff sweep status DIR
     mdiff sweep emit SWEEP --out DIR [--launcher slurm|list] [--nodes N --gpus-per-node G ...]
     mdiff sweep list
-The implementation lives in mdiff/sweeps_lib/ (define, expand, state, runner, emit).
+Each point runs as `python -m mdiff train ...` (or `mdiff symmetry train`, or for sampling sweeps
+`python -m mdiff.sweeps_lib.sample_point`) with `--config.KEY=VALUE` overrides, in DIR/runs/<name>/.
+The implementation lives in mdiff/sweeps_lib/ (define, expand, grids, state, runner, emit, sample_point).
 """
 
 from __future__ import annotations

@@ -173,6 +173,12 @@ def test_mesh_must_fit_devices(env):
         msweep.expand(s)
 
 
+def test_anti_masking_pairs_must_split_over_devices(env):
+    s = Sweep(config=f"{env}/exp.py:tiny", points=product(fixed("diffusion.anti_masking", True), sweep("train.batch", [8, 12])), devices=4)
+    with pytest.raises(SweepError, match=r"(?s)1 of 2 points.*batch-12: .*not divisible by the 4 devices.*x 2 \(anti-masking pairs\)"):
+        msweep.expand(s)
+
+
 def test_duplicate_names_rejected(env):
     s = Sweep(config=f"{env}/exp.py:tiny", points=sweep("optim.lr", [1e-3, 1.00000001e-3]))
     with pytest.raises(SweepError, match="both get the run name"):

@@ -68,6 +68,9 @@ def check_writable(sweep_dir: pathlib.Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # sweep.json
 # ---------------------------------------------------------------------------------------------
+DEFINITION_DEFAULTS = {"module": "mdiff", "common": {}}
+
+
 def definition(sweep_name: str, config: str, runs: list[RunSpec], axes: list[str], common: dict) -> dict[str, Any]:
     return {
         "sweep": sweep_name,
@@ -93,6 +96,7 @@ def read_sweep_file(sweep_dir: pathlib.Path) -> dict[str, Any] | None:
 def definition_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two sweep definitions (empty when they match)."""
     new = json.loads(json.dumps(new))  # tuples -> lists, as in the file
+    old = {**DEFINITION_DEFAULTS, **old}  # files written before a key existed hold its default
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in ("sweep", "config", "module", "command", "common") if old.get(k) != new.get(k)]
     old_points = {p["name"]: p["overrides"] for p in old.get("points", [])}
     new_points = {p["name"]: p["overrides"] for p in new.get("points", [])}
