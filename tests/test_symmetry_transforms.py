@@ -178,6 +178,8 @@ def test_bad_inputs_are_clear_errors():
         T.Bounds.create(AFFINE, (1.0, 1.0, 0.0, 1.0, 1.0))
     with pytest.raises(T.TransformError, match="non-finite"):
         T.check_finite_eta(np.array([0.0, np.nan, 0, 0, 0]))
+    with pytest.raises(T.TransformError, match="1 non-finite"):
+        AFFINE.apply_eta(jnp.zeros((1, 8, 8, 1)), jnp.array([[0.0, np.nan, 0, 0, 0]]))
     with pytest.raises(T.TransformError, match="known are"):
         T.Family("projective")
     with pytest.raises(T.TransformError, match="interpolation order 2"):

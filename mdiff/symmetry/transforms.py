@@ -247,6 +247,8 @@ class Family:
         """eta [..., dim] -> Transform with batch shape [...]."""
         eta = jnp.asarray(eta, jnp.float32)
         self.check_eta(eta)
+        if not isinstance(eta, jax.core.Tracer):  # concrete input from a user: NaN/inf is an error, not a blank image
+            check_finite_eta(eta)
         batch = eta.shape[:-1]
         base = identity(batch)
         matrix = affine_matrix(eta[..., : self.n_affine]) if self.has_affine else base.matrix
