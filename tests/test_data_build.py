@@ -272,3 +272,19 @@ def test_data_cli_hooks(tiny_data, capsys):
     assert json.loads(capsys.readouterr().out)["data_dir"] == tiny_data
     with pytest.raises(DatasetError, match="no built dataset"):
         main(["info", "--data-dir", "/nonexistent/dir"])
+
+
+def test_raw_access_reproduces_the_stored_tokens(tiny_data):
+    """Evaluators' raw items are the very items the datasets tokenised (speech is re-synthesised)."""
+    tok = load_tokenizers(tiny_data)
+    audio = reader.records(tiny_data, "audio", "test")
+    for i, item in enumerate(raw.speech_items(tiny_data, "test", limit=3)):
+        assert np.array_equal(tok.audio.encode(raw.speech_wav(item)), audio[i]["audio_tokens"])
+        assert np.array_equal(tok.text.encode(item["transcript"]), audio[i]["transcript_tokens"])
+    images = reader.records(tiny_data, "image", "validation")
+    for i, item in enumerate(raw.captioned_images(tiny_data, "validation", limit=5)):
+        assert np.array_equal(tok.image.encode(item["image"]), images[i]["image_tokens"])
+        assert item["source"] in ("emoji", "digits") and item["caption"]
+    real = raw.real_speech()
+    assert len(real) == 10 and all(r["wav"].dtype == np.float32 and r["transcript"] for r in real)
+    assert raw.documents(tiny_data, "validation", limit=2)[0]

@@ -31,7 +31,7 @@ from mdiff.data.errors import DataError
 from mdiff.data.sources import SPLITS
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # bump when a build of the same settings would differ
 BUILD_KEYS = ("tokenizer", "slots", "voices", "speeds", "pitches", "speech_variants")
 
 
@@ -116,12 +116,12 @@ class _Stages:
         if self.enabled:
             print(f"[{self.n}/{self.total} {time.time() - self.t0:5.1f}s] {text}", file=sys.stderr, flush=True)
 
-    def iterate(self, items: list, desc: str) -> Iterator:
+    def iterate(self, items: Iterable, desc: str, total: int | None = None) -> Iterator:
         if not self.enabled:
             return iter(items)
         from tqdm import tqdm
 
-        return iter(tqdm(items, desc=f"  {desc}", leave=False, file=sys.stderr, mininterval=0.5))
+        return iter(tqdm(items, desc=f"  {desc}", total=total, leave=False, file=sys.stderr, mininterval=0.5))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,16 +278,17 @@ def _synthesise(settings: dict[str, Any], scale: str, stages: _Stages) -> tuple[
     """Each text spoken `speech_variants` times in train (once elsewhere), voice/speed/pitch by key."""
     voices, speeds, pitches = _csv(settings["voices"]), _csv(settings["speeds"], int), _csv(settings["pitches"], int)
     max_seconds = settings["slots"]["audio"] * settings["tokenizer"]["audio_hop"] / sources.SAMPLE_RATE
-    out, too_long = [], 0
-    for text in stages.iterate(sources.speech_texts(scale), "speech"):
+    jobs = []  # (text item, voice, speed, pitch)
+    for text in sources.speech_texts(scale):
         variants = settings["speech_variants"] if sources.split_of(text.key) == "train" else 1
-        for v in range(variants):
-            voice, speed, pitch = sources.voicing(f"{text.key}#{v}", voices, speeds, pitches)
-            wav = sources.synthesize(text.text, voice, speed, pitch)
-            if len(wav) <= max_seconds * sources.SAMPLE_RATE:
-                out.append(dict(key=text.key, wav=wav, transcript=text.text, source=text.source, voice=voice, speed=speed, pitch=pitch))
-            else:
-                too_long += 1
+        jobs += [(text, *sources.voicing(f"{text.key}#{v}", voices, speeds, pitches)) for v in range(variants)]
+    wavs = sources.synthesize_many([(text.text, voice, speed, pitch) for text, voice, speed, pitch in jobs])
+    out, too_long = [], 0
+    for (text, voice, speed, pitch), wav in zip(jobs, stages.iterate(wavs, "speech", total=len(jobs))):
+        if len(wav) <= max_seconds * sources.SAMPLE_RATE:
+            out.append(dict(key=text.key, wav=wav, transcript=text.text, source=text.source, voice=voice, speed=speed, pitch=pitch))
+        else:
+            too_long += 1
     return out, too_long
 
 

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import unicodedata
 import wave
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -274,60 +275,32 @@ def trim_silence(x: np.ndarray, threshold: float = 0.01, pad: int = 800) -> np.n
     return x[max(loud[0] - pad, 0) : loud[-1] + pad]
 
 
-class _EspeakLibrary:
-    """libespeak-ng through ctypes: about 4 ms per utterance against about 40 ms for a subprocess."""
-
-    RATE, PITCH, CHARS_UTF8, SYNCHRONOUS = 1, 3, 1, 2
-
-    def __init__(self) -> None:
-        import ctypes
-
-        self.ctypes = ctypes
-        self.lib = ctypes.CDLL("libespeak-ng.so.1")
-        self.rate = self.lib.espeak_Initialize(self.SYNCHRONOUS, 0, None, 0)
-        if self.rate <= 0:
-            raise OSError("espeak_Initialize failed")
-        self.chunks: list[np.ndarray] = []
-        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-        self._callback = callback_type(self._collect)  # keep a reference: the library holds the pointer
-        self.lib.espeak_SetSynthCallback(self._callback)
-
-    def _collect(self, wav, n, events) -> int:  # noqa: ANN001 (ctypes callback)
-        if wav and n > 0:
-            self.chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        return 0
-
-    def __call__(self, text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices=en`)")
-        self.lib.espeak_SetParameter(self.RATE, int(speed), 0)
-        self.lib.espeak_SetParameter(self.PITCH, int(pitch), 0)
-        self.chunks = []
-        data = text.encode()
-        self.lib.espeak_Synth(self.ctypes.c_char_p(data), len(data) + 1, 0, 0, 0, self.CHARS_UTF8, None, None)
-        self.lib.espeak_Synchronize()
-        pcm = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.int16)
-        return pcm.astype(np.float32) / 32768.0, self.rate
-
-
 @functools.lru_cache(maxsize=1)
-def _espeak() -> _EspeakLibrary | str:
+def _espeak() -> str:
     require("espeak-ng", command="espeak-ng")
-    try:
-        return _EspeakLibrary()
-    except OSError:
-        return shutil.which("espeak-ng")  # type: ignore[return-value]
+    return shutil.which("espeak-ng")  # type: ignore[return-value]
 
 
 def synthesize(text: str, voice: str = "en-us", speed: int = 175, pitch: int = 50) -> np.ndarray:
-    """espeak-ng speech for `text`: float32 mono at 16 kHz, leading/trailing silence trimmed."""
-    engine = _espeak()
-    if isinstance(engine, _EspeakLibrary):
-        x, rate = engine(text, voice, speed, pitch)
-    else:
-        cmd = [engine, "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text]
-        x, rate = parse_wav(subprocess.run(cmd, capture_output=True, check=True).stdout)
+    """espeak-ng speech for `text`: float32 mono at 16 kHz, leading/trailing silence trimmed.
+
+    One process per utterance: espeak-ng keeps state between utterances (e.g. its pitch-flutter
+    phase), so only a fresh process gives the same waveform for the same text every time.
+    """
+    cmd = [_espeak(), "-v", voice, "-s", str(int(speed)), "-p", str(int(pitch)), "--stdout", text]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0 or not proc.stdout:
+        raise ValueError(f"espeak-ng could not speak {text!r} with voice {voice!r}: {proc.stderr.decode().strip()[:200]}")
+    x, rate = parse_wav(proc.stdout)
     return trim_silence(resample(x, rate))
+
+
+def synthesize_many(requests: list[tuple[str, str, int, int]], threads: int = 4) -> Iterator[np.ndarray]:
+    """`synthesize` over (text, voice, speed, pitch) requests, in order, several processes at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        yield from pool.map(lambda r: synthesize(*r), requests)
 
 
 def voicing(key: str, voices: list[str], speeds: list[int], pitches: list[int]) -> tuple[str, int, int]:
