@@ -64,8 +64,32 @@ def test_pilot_matches_the_paper():
 )
 def test_config_compiles_ahead_of_time(name, variant, tmp_path):
     config = load_config(f"experiments/{name}.py:{variant}")
-    if name == "large" and not variant.endswith("-aot"):
-        pytest.skip("sized for a pod / one GPU; its -aot twin compiles on the fake devices")
+    if (name, variant) == ("large", "3b"):
+        _compile_with_devices(64, name, variant)  # its mesh needs a pod's worth of devices
+        return
     run = loop.setup(config, tmp_path, _vocab(config))
     compiled = loop.compile_ahead_of_time(run)
     assert compiled.cost_analysis() is not None
+
+
+def _compile_with_devices(devices, name, variant):
+    from helpers import run_python
+
+    out = run_python(
+        f"""
+        import sys, pathlib, tempfile
+        sys.path.insert(0, {str(ROOT / "tests")!r})
+        from absl import flags
+        flags.FLAGS.mark_as_parsed()
+        import jax
+        from mdiff.config import load_config
+        from mdiff.train import loop
+        from test_experiments import _vocab
+        config = load_config("experiments/{name}.py:{variant}")
+        run = loop.setup(config, pathlib.Path(tempfile.mkdtemp()), _vocab(config))
+        loop.compile_ahead_of_time(run)
+        print("compiled on", jax.device_count(), "devices, mesh", dict(run.mesh.shape))
+        """,
+        devices=devices,
+    )
+    assert f"compiled on {devices} devices" in out
