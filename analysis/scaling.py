@@ -43,7 +43,7 @@ DEFAULT_GRID = dict(
     alpha=np.arange(0.0, 2.01, 0.5),
     beta=np.arange(0.0, 2.01, 0.5),
 )
-LBFGS_OPTIONS = dict(maxiter=2000, ftol=1e-15, gtol=1e-10, maxcor=20)
+LBFGS_OPTIONS = dict(maxiter=1000, ftol=1e-13, gtol=1e-9, maxcor=20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +75,8 @@ def predict_log_loss(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) ->
 
 def predict_loss(params: Mapping[str, float], n: Any, d: Any) -> np.ndarray:
     """L(N, D) from named parameters (computed in log space, so it is stable for huge N and D)."""
-    return np.exp(predict_log_loss(to_theta(params), np.log(np.asarray(n, float)), np.log(np.asarray(d, float))))
+    log_n, log_d = np.broadcast_arrays(np.log(np.asarray(n, float)), np.log(np.asarray(d, float)))
+    return np.exp(predict_log_loss(to_theta(params), log_n.ravel(), log_d.ravel())).reshape(log_n.shape)
 
 
 def huber(r: np.ndarray, delta: float) -> np.ndarray:
@@ -174,7 +175,7 @@ def fit_theta(
     *,
     bounds=None,
     grid: Mapping[str, Sequence[float]] | None = None,
-    n_starts: int = 32,
+    n_starts: int = 16,
 ) -> tuple[np.ndarray, float, np.ndarray]:
     """Best optimum from the n_starts best grid points; also returns the distinct local optima found."""
     starts = _clip(grid_points(grid), bounds)
@@ -387,7 +388,7 @@ def fit_arrays(
     delta: float = DEFAULT_DELTA,
     bounds: Mapping[str, tuple[float | None, float | None]] | None = None,
     grid: Mapping[str, Sequence[float]] | None = None,
-    n_starts: int = 32,
+    n_starts: int = 16,
     n_bootstrap: int = 1000,
     seed: int = 0,
     workers: int | None = None,

@@ -1,0 +1,344 @@
+"""`mdiff report DIR`: one self-contained HTML page (plus summary.md) for any sweep directory.
+
+The report runs the analyses that the sweep's columns allow (DESIGN.md "Sweep directory": sweep.json,
+runs/<name>/, results.csv):
+* scaling (parametric fit, frontier, fitted vs observed) when `params` and `tokens` both vary;
+* per-modality fits for each `loss_<modality>` column with enough values;
+* IsoFLOP when there are >= 2 compute budgets with >= 3 model sizes each;
+* batch size when a batch column varies (gamma too when a `kappa` column exists);
+* mixing when >= 2 `data.mix.<modality>` columns vary;
+* schedules when a `diffusion.schedule...` column varies;
+* sampling quality vs steps when a sampling-steps column varies.
+An analysis that cannot run on this table becomes a short note, never a crash of the whole report.
+
+Other code (the quickstart) adds its own sections: `build_report(dir, extra_sections=[Section(...)])`,
+with `body_html` built from `image_tag`, `audio_tag` and `table_html` (paths relative to DIR/report/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import html
+import json
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import batch as batch_analysis
+from analysis import isoflop, mixing, plots, scaling, schedules, table
+from analysis.errors import AnalysisError
+
+MODALITY_LOSSES = ("loss_text", "loss_image", "loss_audio")
+SAMPLING_STEPS = ("sampling.steps", "sample.steps", "sampling_steps", "num_steps")
+SAMPLING_METRICS = ("fid", "fid_inception", "clip_score", "wer", "cer", "quality", "sample_loss")
+
+
+@dataclasses.dataclass
+class Section:
+    """One report section. `body_html` is inserted as is (trusted: it comes from our own code)."""
+
+    title: str
+    body_html: str = ""
+    images: Sequence[str] = ()  # PNG paths relative to the report directory (a PDF beside it is linked)
+    tables: Sequence[tuple[str, pd.DataFrame]] = ()
+    notes: Sequence[str] = ()
+    markdown: str = ""  # extra text for summary.md
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML helpers (also for callers that add sections)
+# ---------------------------------------------------------------------------------------------
+def image_tag(src: str, alt: str = "", width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}"{size}>'
+
+
+def audio_tag(src: str, caption: str = "") -> str:
+    cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><audio controls preload="none" src="{html.escape(src)}"></audio>{cap}</figure>'
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return "–"
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (float, int, np.floating)) for v in value):
+        return "[" + ", ".join(_fmt(float(v)) for v in value) + "]"
+    return "–" if value is None else str(value)
+
+
+def table_html(df: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in df.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def table_markdown(df: pd.DataFrame) -> str:
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "---|" * len(df.columns)
+    rows = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}
+th{background:#f4f4f4}figure{display:inline-block;margin:.5em}img{max-width:100%}.note{color:#775;font-size:.9em}
+nav a{margin-right:1em}
+"""
+
+
+def render_html(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>",
+             "<nav>" + "".join(f'<a href="#s{i}">{html.escape(s.title)}</a>' for i, s in enumerate(sections)) + "</nav>"]
+    for i, s in enumerate(sections):
+        parts.append(f'<h2 id="s{i}">{html.escape(s.title)}</h2>')
+        parts += [f'<p class="note">{html.escape(n)}</p>' for n in s.notes]
+        for img in s.images:
+            pdf = str(pathlib.PurePosixPath(img).with_suffix(".pdf"))
+            parts.append(f'<figure>{image_tag(img, s.title)}<figcaption><a href="{html.escape(pdf)}">PDF</a></figcaption></figure>')
+        for caption, df in s.tables:
+            parts.append(f"<h3>{html.escape(caption)}</h3>{table_html(df)}")
+        parts.append(s.body_html)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_markdown(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
+    out = [f"# {title}", "", subtitle, ""]
+    for s in sections:
+        out += [f"## {s.title}", ""]
+        out += [f"- {n}" for n in s.notes] + ([""] if s.notes else [])
+        out += [f"![{s.title}]({img})" for img in s.images] + ([""] if s.images else [])
+        for caption, df in s.tables:
+            out += [f"**{caption}**", "", table_markdown(df), ""]
+        if s.markdown:
+            out += [s.markdown, ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Analyses -> sections
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Context:
+    df: pd.DataFrame  # complete runs only
+    report_dir: pathlib.Path
+    loss: str
+    n_bootstrap: int
+    seed: int
+    outputs: dict[str, Any] = dataclasses.field(default_factory=dict)  # name -> JSON written beside the page
+
+    def figure(self, name: str) -> pathlib.Path:
+        return self.report_dir / "figures" / name
+
+    def rel(self, paths: Sequence[pathlib.Path]) -> list[str]:
+        return [str(p.relative_to(self.report_dir)) for p in paths if p.suffix == ".png"]
+
+
+def _finite_rows(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    values = df[list(columns)].apply(pd.to_numeric, errors="coerce")
+    ok = np.isfinite(values.to_numpy(float)).all(axis=1) & (values.to_numpy(float) > 0).all(axis=1)
+    return df[ok]
+
+
+def _params_table(fit: scaling.ScalingFit) -> pd.DataFrame:
+    ci = fit.intervals()
+    rows = [dict(parameter=p, estimate=v, ci95=ci.get(p)) for p, v in fit.params.items()]
+    opt = fit.compute_optimal()
+    rows += [dict(parameter=k, estimate=opt[k], ci95=ci.get(k)) for k in ("a", "b", "N_coefficient", "D_coefficient")]
+    return pd.DataFrame(rows)
+
+
+def scaling_section(ctx: Context) -> Section | None:
+    df = _finite_rows(ctx.df, ["params", "tokens", ctx.loss]) if {"params", "tokens", ctx.loss} <= set(ctx.df.columns) else None
+    if df is None or not (table.varying(df, "params") and table.varying(df, "tokens")):
+        return None
+    fit = scaling.fit_scaling_law(df, ctx.loss, n_bootstrap=ctx.n_bootstrap, seed=ctx.seed)
+    ctx.outputs["scaling_fit"] = fit.to_json()
+    n, d, y = df.params.astype(float), df.tokens.astype(float), df[ctx.loss].astype(float)
+    images = ctx.rel(plots.loss_vs_compute(n, d, y, fit, ctx.figure("loss_vs_compute")))
+    images += ctx.rel(plots.fitted_vs_observed(n, d, y, fit, ctx.figure("fitted_vs_observed")))
+    notes = [f"L(N, D) = E + A/N^alpha + B/D^beta fitted to {fit.n_points} runs (Huber delta {fit.huber_delta:g} on log loss; "
+             f"{len(fit.bootstrap)} bootstrap refits; intervals are 95% percentile intervals)."] + fit.notes
+    return Section("Scaling law", images=images, tables=[("Fitted parameters", _params_table(fit))], notes=notes)
+
+
+def per_modality_section(ctx: Context) -> Section | None:
+    if not {"params", "tokens"} <= set(ctx.df.columns):
+        return None
+    fits, data, notes = {}, {}, []
+    for column in MODALITY_LOSSES:
+        if column not in ctx.df.columns:
+            continue
+        df = _finite_rows(ctx.df, ["params", "tokens", column])
+        if len(df) <= scaling.N_PARAMS or not (table.varying(df, "params") and table.varying(df, "tokens")):
+            continue
+        try:
+            fits[column] = scaling.fit_scaling_law(df, column, n_bootstrap=ctx.n_bootstrap, seed=ctx.seed)
+        except AnalysisError as e:
+            notes.append(f"{column}: {e}")
+            continue
+        data[column] = (df.params.astype(float), df.tokens.astype(float), df[column].astype(float))
+    if not fits:
+        return None
+    ctx.outputs["per_modality_fits"] = {c: f.to_json() for c, f in fits.items()}
+    images = ctx.rel(plots.per_modality(fits, data, ctx.figure("per_modality")))
+    rows = [dict(loss=c, **f.params, a=f.compute_optimal()["a"], b=f.compute_optimal()["b"], n_points=f.n_points) for c, f in fits.items()]
+    return Section("Per-modality scaling", images=images, tables=[("Per-modality fits", pd.DataFrame(rows))], notes=notes)
+
+
+def isoflop_section(ctx: Context) -> Section | None:
+    if not {"params", "tokens"} <= set(ctx.df.columns) or not table.varying(ctx.df, "params"):
+        return None
+    df = _finite_rows(ctx.df, ["params", "tokens", ctx.loss])
+    fit = isoflop.fit_isoflop(df, ctx.loss, n_bootstrap=ctx.n_bootstrap, seed=ctx.seed)
+    ctx.outputs["isoflop_fit"] = fit.to_json()
+    compute = df.flops.astype(float) if "flops" in df.columns else fit.flops_per_param_token * df.params * df.tokens
+    images = ctx.rel(plots.isoflop_curves(df.params.astype(float), df[ctx.loss].astype(float), compute, fit, ctx.figure("isoflop")))
+    summary = pd.DataFrame([dict(quantity="a (N* ~ C^a)", estimate=fit.a, ci95=fit.ci95.get("a")),
+                            dict(quantity="b (D* ~ C^b)", estimate=fit.b, ci95=fit.ci95.get("b"))])
+    return Section("IsoFLOP analysis", images=images, notes=fit.notes,
+                   tables=[("Power laws", summary), ("Optimum per budget", fit.budgets[["compute", "n_opt", "d_opt", "loss_opt", "n_runs"]])])
+
+
+def batch_section(ctx: Context) -> Section | None:
+    column = table.first_present(ctx.df, batch_analysis.BATCH_COLUMNS)
+    if not table.varying(ctx.df, column) or ctx.loss not in ctx.df.columns:
+        return None
+    df = _finite_rows(ctx.df, [ctx.loss])
+    curves = batch_analysis.batch_curves(df, ctx.loss)
+    seq_column = table.first_present(df, batch_analysis.SEQ_LEN_COLUMNS)
+    seq_len = float(pd.to_numeric(df[seq_column]).median()) if seq_column else None
+    crit = batch_analysis.critical_batches(curves, seq_len=seq_len)
+    ctx.outputs["batch"] = dict(curves=curves.to_dict(orient="records"), critical=crit.to_dict(orient="records"))
+    images = ctx.rel(plots.batch_curves(curves, crit, ctx.figure("batch_curves")))
+    tables = [("Critical batch per horizon (loss 2% above the flat region's best)", crit)]
+    notes = [] if seq_len else ["no sequence-length column: S_crit not computed"]
+    if table.first_present(df, batch_analysis.KAPPA_COLUMNS):
+        try:
+            g = batch_analysis.fit_gamma(df, ctx.loss)
+            ctx.outputs["gamma_fit"] = g.to_json()
+            base = float(np.exp(np.log(g.optima.horizon).mean()))
+            images += ctx.rel(plots.gamma_fit(g, base, ctx.figure("gamma_fit")))
+            tables.append(("gamma fit", pd.DataFrame([dict(gamma=g.gamma, ci95=g.ci95)])))
+        except AnalysisError as e:
+            notes.append(f"gamma not fitted: {e}")
+    return Section("Batch size", images=images, tables=tables, notes=notes)
+
+
+def mixing_section(ctx: Context) -> Section | None:
+    if len(mixing.mix_columns(ctx.df)) < 2:
+        return None
+    result = mixing.analyse_mixing(ctx.df)
+    ctx.outputs["mixing"] = result.to_json()
+    images = ctx.rel(plots.mixing(result, ctx.figure("mixing")))
+    best = [dict(which="best observed", **result.best_observed)]
+    if result.best_predicted:
+        best.append(dict(which="quadratic-model optimum", **result.best_predicted))
+    notes = [f"objective: sum of {', '.join(result.weights)} (each divided by its best value over the grid), weights {result.weights}"] + result.notes
+    return Section("Modality mixing", images=images, tables=[("Best mix", pd.DataFrame(best)), ("Grid", result.frame)], notes=notes)
+
+
+def schedules_section(ctx: Context) -> Section | None:
+    if not schedules.schedule_columns(ctx.df):
+        return None
+    summary = schedules.schedule_summary(ctx.df)
+    ctx.outputs["schedules"] = summary.to_dict(orient="records")
+    images = ctx.rel(plots.schedules(summary, ctx.figure("schedules")))
+    return Section("Noise schedules", images=images, tables=[("Loss by schedule (95% t-interval over seeds)", summary)])
+
+
+def sampling_section(ctx: Context) -> Section | None:
+    steps = table.first_present(ctx.df, SAMPLING_STEPS)
+    metrics = [m for m in SAMPLING_METRICS if m in ctx.df.columns]
+    if not table.varying(ctx.df, steps) or not metrics:
+        return None
+    summary = schedules.sampling_summary(ctx.df, steps, metrics)
+    ctx.outputs["sampling"] = summary.to_dict(orient="records")
+    images = ctx.rel(plots.sampling_quality(summary, ctx.figure("sampling_quality"), ylabel=", ".join(metrics)))
+    return Section("Sampling quality vs steps", images=images, tables=[("Sampling summary", summary)])
+
+
+ANALYSES: tuple[tuple[str, Callable[[Context], Section | None]], ...] = (
+    ("scaling", scaling_section),
+    ("per-modality", per_modality_section),
+    ("isoflop", isoflop_section),
+    ("batch", batch_section),
+    ("mixing", mixing_section),
+    ("schedules", schedules_section),
+    ("sampling", sampling_section),
+)
+
+
+def _overview(df_all: pd.DataFrame, df: pd.DataFrame, spec: dict[str, Any] | None, notes: list[str]) -> Section:
+    status = df_all["status"].astype(str).value_counts().to_dict() if "status" in df_all.columns else {"(no status column)": len(df_all)}
+    lines = [f"{len(df_all)} runs in results.csv; {len(df)} complete.", f"status counts: {status}"]
+    if spec:
+        lines.append(f"sweep: {spec.get('name', '?')}; axes: {', '.join(spec.get('axes', [])) or '(none)'}")
+    show = [c for c in df_all.columns if c not in ("params_total",)]
+    return Section("Overview", notes=lines + notes, tables=[("results.csv", df_all[show])])
+
+
+def build_report(
+    sweep_dir: str | pathlib.Path,
+    *,
+    extra_sections: Sequence[Section] = (),
+    loss: str = "loss",
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    title: str | None = None,
+) -> pathlib.Path:
+    """Write DIR/report/index.html, DIR/report/summary.md, DIR/report/analyses.json and figures; return the page."""
+    sweep_dir = pathlib.Path(sweep_dir)
+    results = sweep_dir / "results.csv"
+    if not results.is_file():
+        raise AnalysisError(f"{str(sweep_dir)!r} has no results.csv: not a sweep directory (run `mdiff sweep` first)")
+    spec = None
+    if (sweep_dir / "sweep.json").is_file():
+        try:
+            spec = json.loads((sweep_dir / "sweep.json").read_text())
+        except json.JSONDecodeError as e:
+            raise AnalysisError(f"{str(sweep_dir / 'sweep.json')!r} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    df_all = table.read_table(results)
+    df, notes = table.keep_complete(df_all)
+    report_dir = sweep_dir / "report"
+    (report_dir / "figures").mkdir(parents=True, exist_ok=True)
+    ctx = Context(df, report_dir, loss, n_bootstrap, seed)
+    sections = [_overview(df_all, df, spec, notes)]
+    skipped = []
+    for name, analyse in ANALYSES:
+        try:
+            section = analyse(ctx)
+        except (AnalysisError, np.linalg.LinAlgError) as e:
+            skipped.append(f"{name}: {e}")
+            continue
+        if section is not None:
+            sections.append(section)
+    if skipped:
+        sections[0].notes = [*sections[0].notes, *(f"analysis skipped, {s}" for s in skipped)]
+    sections += list(extra_sections)
+    title = title or f"mdiff report: {spec.get('name') if spec else sweep_dir.name}"
+    stamp = f"generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC from {results}"
+    (report_dir / "analyses.json").write_text(json.dumps(ctx.outputs, indent=2, default=_json_default))
+    (report_dir / "summary.md").write_text(render_markdown(title, sections, stamp))
+    page = report_dir / "index.html"
+    page.write_text(render_html(title, sections, stamp))
+    return page
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return str(value)
