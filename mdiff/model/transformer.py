@@ -222,8 +222,9 @@ class Transformer(nnx.Module):
         if tokens.shape[1] > self.max_len:
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's maximum {self.max_len}")
         dt = self.opts.dtype
-        # Gather from the whole table (all-gathered, like any FSDP weight): a vocab-split gather reshards badly.
-        table = constrain(self.embed[...], (None, None))
+        # Token table: gathered over its embed dim (FSDP), still split over vocab (masked gather +
+        # all-reduce). The small modality table is replicated: a split one makes GSPMD reshard badly.
+        table = constrain(self.embed[...], ("vocab", None))
         modality_table = constrain(self.modality_embed[...], (None, None))
         x = jnp.take(table, tokens, axis=0) + jnp.take(modality_table, modality, axis=0)
         x = constrain(x.astype(dt), ACT)
