@@ -33,27 +33,29 @@ from mdiff.model import build_model
 from mdiff.model.scaling import matmul_params, resolve_shape
 
 
-def timed(fn, repeats: int, clock=time.perf_counter) -> list[float]:
-    jax.block_until_ready(fn())  # compile + first call
-    out = []
-    for _ in range(repeats):
-        start = clock()
+def timed(fn, repeats: int, warmup: bool = True) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds of `repeats` calls, after one untimed call (compile + warm-up)."""
+    if warmup:
         jax.block_until_ready(fn())
-        out.append(clock() - start)
-    return out
-
-
-def median_times(fn, repeats: int) -> tuple[float, float]:
-    """(wall, process CPU) medians: the CPU-time ratio stays meaningful on a shared machine."""
-    wall = statistics.median(timed(fn, repeats))
-    cpu = statistics.median(timed(fn, repeats, time.process_time))
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(fn())
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
     return wall, cpu
+
+
+def median_times(fn, repeats: int, warmup: bool = True) -> tuple[float, float]:
+    """(wall, process CPU) medians: the CPU-time ratio stays meaningful on a shared machine."""
+    wall, cpu = timed(fn, repeats, warmup)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def matmul_peak(n: int, repeats: int) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
-    return 2 * n**3 / statistics.median(timed(lambda: dot(a, a), repeats))
+    return 2 * n**3 / median_times(lambda: dot(a, a), repeats)[0]
 
 
 def main() -> None:
@@ -92,8 +94,8 @@ def main() -> None:
         settings = SamplerSettings(steps=steps, method=args.method)
         sampler = Sampler(logits_fn, alpha, settings, vocab.range("text"), vocab.mask_id, conditional=False)
         key = jax.random.key(steps)
-        nfe = int(sampler(state, batch, key)["nfe"])
-        gen_s, gen_cpu = median_times(lambda: sampler(state, batch, key)["tokens"], repeats)
+        nfe = int(sampler(state, batch, key)["nfe"])  # compiles; also the warm-up call
+        gen_s, gen_cpu = median_times(lambda: sampler(state, batch, key)["tokens"], repeats, warmup=False)
         step_s = gen_s / nfe
         results[f"steps_{steps}"] = {
             "generation_s": round(gen_s, 4),
