@@ -249,3 +249,29 @@ def test_trained_nelbo_reaches_entropy_of_a_markov_chain():
     nelbo, se, true = train_and_evaluate_nelbo(transition, start, length=16, steps=3000, width=64, depth=2, lr=3e-3, batch=128)
     assert nelbo > true - 4 * se, f"NELBO {nelbo:.4f} below the entropy {true:.4f} (se {se:.4f}): not a bound"
     assert nelbo < 1.02 * true, f"NELBO {nelbo:.4f} not within 2% of the entropy {true:.4f}"
+
+
+def test_same_transformer_same_mean_nelbo_under_every_schedule():
+    from flax import nnx
+
+    from mdiff.model import build_model
+
+    vocab = UnifiedVocab(8, 1, 1)
+    model = build_model(dict(width=16, depth=1, heads=2, mlp_hidden=32), vocab, 8, rngs=nnx.Rngs(3))
+    tokens = np.random.default_rng(0).integers(*vocab.range("text"), (512, 8)).astype(np.int32)
+    ones = np.ones_like(tokens)
+    data = dict(tokens=tokens, modality=ones, loss_mask=ones, cond_mask=0 * ones, segment_ids=ones,
+                positions=np.broadcast_to(np.arange(8, dtype=np.int32), tokens.shape).copy())
+    data = {k: jnp.asarray(v) for k, v in data.items()}
+    estimates = {}
+    for name in ("linear", "cosine", "polynomial(2)"):
+
+        @nnx.jit
+        def run(m, d, k, name=name):
+            fn = lambda x, b: m(x, b["modality"], b["segment_ids"], b["positions"])  # noqa: E731
+            return mdm_loss(fn, d, k, vocab=vocab, schedules=uniform_schedules(name), t_min=1e-5)[0]
+
+        estimates[name] = mean_and_se([run(model, data, jax.random.key(s)) for s in range(10)])
+    (m0, s0) = estimates["linear"]
+    for name, (m, s) in estimates.items():
+        assert abs(m - m0) < 4 * math.hypot(s, s0), (estimates, name)
