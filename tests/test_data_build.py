@@ -288,3 +288,11 @@ def test_raw_access_reproduces_the_stored_tokens(tiny_data):
     real = raw.real_speech()
     assert len(real) == 10 and all(r["wav"].dtype == np.float32 and r["transcript"] for r in real)
     assert raw.documents(tiny_data, "validation", limit=2)[0]
+
+
+@pytest.mark.slow
+def test_build_is_deterministic(tiny_data, tmp_path):
+    from mdiff.data.build import content_digest
+
+    manifest = build_dataset(str(tmp_path / "again"), scale="tiny", progress=False)
+    assert manifest["content_digest"] == content_digest(tiny_data)

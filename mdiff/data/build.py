@@ -230,6 +230,7 @@ def _build(data_dir: str, scale: str, settings: dict[str, Any], stages: _Stages)
             "audio_dropped_too_long": too_long + int(sum(len(audio_splits[s]) - len(audio_examples[s]) for s in SPLITS)),
         },
         "audio_tokens_per_second": audio_tok.tokens_per_second,
+        "content_digest": content_digest(data_dir),
         "build_seconds": round(time.time() - t0, 2),
         "files": file_checksums(data_dir),
     }
@@ -240,6 +241,25 @@ def _build(data_dir: str, scale: str, settings: dict[str, Any], stages: _Stages)
     if stages.enabled:
         print(f"built {scale} dataset in {data_dir} ({manifest['build_seconds']} s)", file=sys.stderr)
     return manifest
+
+
+def content_digest(data_dir: str) -> str:
+    """sha256 over every record of every split, read back in order: equal for equal builds.
+
+    (ArrayRecord file bytes differ between identical builds, so file checksums cannot show that.)
+    """
+    from mdiff.data import tfds_builders
+
+    h = hashlib.sha256()
+    for stream in ("text", "image", "audio"):
+        for split in tfds_builders.split_names(data_dir, stream):
+            source = tfds_builders.open_split(data_dir, stream, split)
+            h.update(f"{stream}/{split}/{len(source)}".encode())
+            for i in range(len(source)):
+                for key, value in sorted(source[i].items()):
+                    h.update(key.encode())
+                    h.update(value if isinstance(value, bytes) else np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
 
 
 def _clear(data_dir: str) -> None:
