@@ -30,7 +30,7 @@ import numpy as np
 from mdiff.config import ConfigDict, ConfigError
 from mdiff.data.corpus import STREAMS, Corpus, _h, synthetic_corpus
 from mdiff.data.errors import DataError
-from mdiff.data.layout import BATCH_KEYS, LayoutError, empty_row, layout_example
+from mdiff.data.layout import LayoutError, layout_example, pack
 from mdiff.data.vocab import Modality, UnifiedVocab
 
 STATE_VERSION = 1
@@ -183,19 +183,7 @@ class Lane:
             examples.append(example)
             used += len(example["tokens"])
             self.counts[chosen] += len(example["tokens"])
-        return _pack_rows(self.corpus.vocab, examples, seq_len)
-
-
-def _pack_rows(vocab: UnifiedVocab, examples: list[dict[str, np.ndarray]], seq_len: int) -> dict[str, np.ndarray]:
-    row = empty_row(vocab, seq_len)
-    start = 0
-    for seg, example in enumerate(examples, start=1):
-        n = len(example["tokens"])
-        for key in BATCH_KEYS:
-            row[key][start : start + n] = example[key]
-        row["segment_ids"][start : start + n] = seg
-        start += n
-    return row
+        return pack(self.corpus.vocab, examples, seq_len)
 
 
 # ---------------------------------------------------------------------------------------------
