@@ -147,22 +147,20 @@ def block_forward(
 ) -> jax.Array:
     """One pre-norm block on x [B, L, D].
 
-    Projections are written as plain 2-D matmuls over the flattened tokens [B*L, D] (parameters are
-    reshaped for free, row-major): on XLA:CPU this avoids transposes of the activations in the
-    backward pass, which otherwise dominate the step time.
+    Projections contract the flattened tokens [B*L, D]: on XLA:CPU this avoids transposes of the
+    activations in the backward pass, which otherwise dominate the step time. Weights keep their
+    own dims (no reshape) so that their head/MLP sharding survives under GSPMD.
     """
     dt = opts.dtype
     b, l, d = x.shape
     h = rms_norm(x, p["attn_norm"], opts.norm_eps).reshape(b * l, d)
     x = x + opts.branch_scale * attention(p, h, (b, l), shape=shape, opts=opts, ctx=ctx)
     h = rms_norm(x, p["mlp_norm"], opts.norm_eps).reshape(b * l, d)
-    w_in = p["mlp_in"].astype(dt)
-    up = jnp.dot(h, w_in.reshape(d, -1))  # [N, n * F]
-    f = shape.mlp_hidden
+    up = jnp.einsum("nd,dcf->ncf", h, p["mlp_in"].astype(dt))  # [N, 1 or 2, F]
     if shape.mlp_type == "swiglu":
-        act = jax.nn.silu(up[:, :f]) * up[:, f:]
+        act = jax.nn.silu(up[:, 0]) * up[:, 1]
     else:
-        act = jax.nn.gelu(up)
+        act = jax.nn.gelu(up[:, 0])
     mlp = jnp.dot(act, p["mlp_down"].astype(dt)).reshape(b, l, d)
     return constrain(x + opts.branch_scale * mlp, ACT)
 
@@ -179,7 +177,7 @@ def attention(
     """Self-attention of h [B*L, D] -> [B, L, D]; scores and values as [B, H, L, hd] batched matmuls."""
     dt = opts.dtype
     (b, l), d, heads, hd = bl, shape.width, shape.heads, shape.head_dim
-    qkv = jnp.dot(h, p["qkv"].astype(dt).reshape(d, 3 * d)).reshape(b, l, 3, heads, hd)
+    qkv = jnp.einsum("nd,dthk->nthk", h, p["qkv"].astype(dt)).reshape(b, l, 3, heads, hd)
     qkv = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, H, L, hd]
     q, k, v = qkv[0], qkv[1], qkv[2]
     if opts.qk_norm:
@@ -191,8 +189,8 @@ def attention(
     scores = jnp.where(ctx.mask, scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     o = jnp.matmul(probs, v)  # [B, H, L, hd]
-    o = jnp.transpose(o, (0, 2, 1, 3)).reshape(b * l, d)
-    return jnp.dot(o, p["out"].astype(dt).reshape(d, d)).reshape(b, l, d)
+    o = jnp.transpose(o, (0, 2, 1, 3)).reshape(b * l, heads, hd)
+    return jnp.einsum("nhk,hkd->nd", o, p["out"].astype(dt)).reshape(b, l, d)
 
 
 class Transformer(nnx.Module):
