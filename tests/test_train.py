@@ -95,7 +95,7 @@ def test_batch_not_divisible_by_data_parallel_times_micro():
 
 def test_mesh_that_does_not_match_devices(tmp_path):
     config = _config("mesh.shape.data=3")
-    with pytest.raises(ConfigError, match=r"mesh.shape=.*needs 3 devices but 8 are present"):
+    with pytest.raises(ConfigError, match=r"mesh.shape=.*needs 3 devices, have 8"):
         loop.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run" / rundir.CONFIG_FILE).exists()
 

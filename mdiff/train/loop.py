@@ -157,7 +157,8 @@ def init_state(run: Run) -> dict:
             "rng": jax.random.key_data(jax.random.key(config.seed + 1)).astype(jnp.uint32),
         }
 
-    return jax.jit(init, out_shardings=run.state_sharding)()
+    with sharding.activation_mesh(run.mesh, config):
+        return jax.jit(init, out_shardings=run.state_sharding)()
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -228,7 +229,8 @@ def abstract_batch(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
 
 def compile_ahead_of_time(run: Run):
     """Lower and compile the train step for `run`'s shapes and mesh without running anything."""
-    return jit_train_step(run).lower(run.abstract_state, abstract_batch(run)).compile()
+    with sharding.activation_mesh(run.mesh, run.config):
+        return jit_train_step(run).lower(run.abstract_state, abstract_batch(run)).compile()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,7 +337,8 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
                 start, state, resume = 0, init_state(run), {}
             rundir.write_config(workdir, config)
             loop = _Loop(run, pipeline, checkpointer, start=start, started=started, **resume)
-            return loop.run(state, preemption)
+            with sharding.activation_mesh(run.mesh, config):  # the model's activation constraints
+                return loop.run(state, preemption)
         finally:
             if checkpointer is not None:
                 checkpointer.close()
