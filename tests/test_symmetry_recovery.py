@@ -79,7 +79,7 @@ def test_sgm_recovers_known_rotation_and_shift(tmp_path):
     """Full two-stage SGM on rotated/shifted canonical shapes (about 10 CPU minutes)."""
     s = _run("known", tmp_path)
     for name in ("shift_x", "shift_y"):
-        assert s[f"recovery/{name}/w1"] < 0.02, s  # true half-width 0.15 (ellipses 0.075)
+        assert s[f"recovery/{name}/w1"] < 0.02, s  # true half-width 0.15 (ellipses 0.075); measured 0.006-0.008
     # measured (CPU, 1000-3000 stage-1 steps): ratio 0.49-0.52; the inference net is only partly rotation-invariant
     # after so few steps, so prototypes keep some orientation and the per-prototype spread is underestimated
     assert s["recovery/rotation/std_learned"] > 0.4 * s["recovery/rotation/std_true"], s
@@ -88,6 +88,7 @@ def test_sgm_recovers_known_rotation_and_shift(tmp_path):
 @pytest.mark.slow
 def test_sgm_learns_no_rotation_on_unrotated_data(tmp_path):
     s = _run("unrotated", tmp_path)
+    # measured (CPU): 3.3 deg here, against 12.9 deg on the rotated `known` data with the same settings
     assert math.degrees(s["recovery/rotation/std_learned"]) < 10, s
     for name in ("shift_x", "shift_y"):
         assert s[f"recovery/{name}/w1"] < 0.02, s
