@@ -232,12 +232,12 @@ def quickstart_sections(result: Result, sweep_name: str) -> list[Any]:
     from analysis.report import Section
 
     notes = [
-        f"mdiff quickstart: sweep {sweep_name}, wall time {result.wall_s / 60:.1f} min so far (report building excluded).",
+        f"mdiff quickstart: sweep {sweep_name}; {result.wall_s / 60:.1f} min from the start to this report.",
         f"best run (lowest validation loss): {result.best_run}" if result.best_run else "no complete run",
     ]
     if result.failed_runs:
         notes.append(f"failed runs: {', '.join(result.failed_runs)} (logs in logs/; rerun to retry)")
-    sections = [Section("Quickstart", notes=notes, markdown="\n".join(f"- {n}" for n in notes))]
+    sections = [Section("Quickstart", notes=notes)]
     if result.samples.get("tasks"):
         body = samples_html(result.out, result.samples, result.out / "report")
         sections.append(Section("Samples", body_html=body, markdown=samples_markdown(result.samples)))
