@@ -16,7 +16,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mdiff import rundir
-from mdiff.config import ConfigError, apply_overrides, load_config
+from mdiff.config import ConfigError, load_config
 from mdiff.data.pipeline import make_pipeline
 from mdiff.optim import sde
 from mdiff.train import distributed, loop, mfu, sharding, step as step_lib
