@@ -37,13 +37,24 @@ class Stages:
 
     def __init__(self, total: int, stream: TextIO | None = sys.stderr):
         self.total, self.stream, self.start, self.n = total, stream, time.monotonic(), 0
+        self.seconds: dict[str, float] = {}  # stage title -> wall seconds (the one running: so far)
+        self._current: tuple[str, float] | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def begin(self, title: str) -> None:
+    def begin(self, key: str, title: str) -> None:
+        """Start stage `key` (its timing entry), announced as `title`."""
+        self.end()
         self.n += 1
+        self._current = (key, time.monotonic())
         self.say(f"[{self.n}/{self.total}] {title}")
+
+    def end(self) -> None:
+        if self._current is not None:
+            name, started = self._current
+            self.seconds[name] = round(time.monotonic() - started, 1)
+            self._current = None
 
     def say(self, text: str) -> None:
         if self.stream is not None:
@@ -280,7 +291,7 @@ def quickstart(
     out = pathlib.Path(out).resolve()
     result = Result(out)
     state.check_writable(out)  # before minutes of data building
-    stages.begin("data")
+    stages.begin("data", "data")
     env = {}
     data_config = sweep_data_config(sweep)
     if data_config.dataset == "embedded":
@@ -289,7 +300,7 @@ def quickstart(
     else:
         stages.say(f"this sweep trains on the {data_config.dataset} dataset; nothing to build")
 
-    stages.begin(f"training sweep {sweep} ({parallel} at a time)")
+    stages.begin("sweep", f"training sweep {sweep} ({parallel} at a time)")
     sw = load_sweep(sweep)
     progress = Progress(sw.name, expand(sw), out, stream=stream, heartbeat_s=20.0)
     outcome = run_sweep(sw, out, parallel=parallel, force=force, env=env, progress=progress)
@@ -299,7 +310,7 @@ def quickstart(
     if not outcome.complete and not outcome.skipped:
         raise SweepError(f"no run of {sw.name} completed; see {out / 'logs'} (mdiff sweep status {out})")
 
-    stages.begin("samples from the best run, scored")
+    stages.begin("samples", "samples from the best run, scored")
     result.best_run = best_run(out)
     if samples and result.best_run:
         try:
@@ -310,13 +321,18 @@ def quickstart(
     else:
         stages.say("skipped")
 
-    stages.begin("report: scaling-law fits per modality, plots, tables, samples")
+    stages.begin("report", "report: scaling-law fits per modality, plots, tables, samples")
     result.wall_s = stages.elapsed()
     result.report = build_report(result, sw.name, n_bootstrap)
     result.summary = out / "report" / "summary.md"
     for column, fit in result.fits.items():
         stages.say(f"fit {column}: L = {fit['E']:.3g} + {fit['A']:.3g}/N^{fit['alpha']:.3g} + {fit['B']:.3g}/D^{fit['beta']:.3g}")
+    stages.end()
     result.wall_s = stages.elapsed()
+    # Stage timings, for benchmarks (a rerun that skips work shows it here too).
+    timings = {"wall_s": round(result.wall_s, 1), "stages_s": stages.seconds, "sweep": sw.name, "parallel": parallel,
+               "cpus": os.cpu_count(), "runs_trained_now": len(outcome.started)}  # fmt: skip
+    state.write_atomic(out / "quickstart.json", json.dumps(timings, indent=2) + "\n")
     stages.say(f"done in {result.wall_s / 60:.1f} min: open {result.report}")
     return result
 

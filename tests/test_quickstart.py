@@ -60,10 +60,13 @@ def test_samples_html_links_media_relative_to_the_report(tmp_path):
 def test_stages_show_progress():
     stream = io.StringIO()
     stages = qs.Stages(4, stream)
-    stages.begin("data")
+    stages.begin("data", "data")
     stages.say("building")
+    stages.begin("sweep", "training sweep scaling:cpu (2 at a time)")
+    stages.end()
     lines = stream.getvalue().splitlines()
-    assert lines == ["quickstart 0m00s | [1/4] data", "quickstart 0m00s | building"]
+    assert lines[:2] == ["quickstart 0m00s | [1/4] data", "quickstart 0m00s | building"]
+    assert set(stages.seconds) == {"data", "sweep"} and all(v >= 0 for v in stages.seconds.values())
 
 
 def test_bad_output_directory_is_a_clear_error(tmp_path, capsys):
@@ -100,6 +103,8 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
     summary = (out / "report" / "summary.md").read_text()
     assert "## Quickstart" in summary and f"best run (lowest validation loss): {result.best_run}" in summary
     assert "## Samples" in summary and "**Text (unconditional)**" in summary
+    timings = json.loads((out / "quickstart.json").read_text())
+    assert timings["runs_trained_now"] == 2 and set(timings["stages_s"]) == {"data", "sweep", "samples", "report"}
 
     def starts() -> dict[str, int]:  # the runner writes "# <date> <command>" before each start
         return {r["name"]: len(re.findall(r"^# \d{4}-", (out / "logs" / f"{r['name']}.log").read_text(), re.M)) for r in rows}
