@@ -214,6 +214,10 @@ def mixing(result, out) -> list[pathlib.Path]:
         if len(mods) == 3:
             x, y = _ternary_xy(frame[mods].to_numpy())
             sc = ax.scatter(x, y, c=values, cmap="viridis_r", s=60, edgecolor="black", lw=0.3)
+            if column == "objective":
+                bx, by = _ternary_xy(np.array([[result.best_observed[m] for m in mods]]))
+                ax.scatter(bx, by, marker="*", s=180, color="red", edgecolor="black", zorder=3, label="best observed")
+                ax.legend(loc="upper right", fontsize=6.5)
             ax.plot([0, 1, 0.5, 0], [0, 0, np.sqrt(3) / 2, 0], color="grey", lw=0.8)
             for (tx, ty), name in zip([(0, -0.07), (1, -0.07), (0.5, np.sqrt(3) / 2 + 0.03)], mods):
                 ax.text(tx, ty, name, ha="center", fontsize=7.5)
@@ -224,7 +228,7 @@ def mixing(result, out) -> list[pathlib.Path]:
             order = np.argsort(frame[mods[0]].to_numpy())
             ax.plot(frame[mods[0]].to_numpy()[order], values[order], marker="o")
             ax.set(xlabel=f"fraction of {mods[0]} tokens", ylabel="nats/token" if column != "objective" else "objective")
-        ax.set_title(column)
+        ax.set_title(column, pad=16)
     return save(fig, out)
 
 

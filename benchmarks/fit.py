@@ -48,7 +48,8 @@ def main() -> None:
         n_bootstrap_ok=int(len(fit.bootstrap)),
         workers=args.workers,
         quick=args.quick,
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), python=platform.python_version()),
+        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), python=platform.python_version(),
+                     load_avg_1min=round(os.getloadavg()[0], 2)),
     )
     print(json.dumps(result))
 

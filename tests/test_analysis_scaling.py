@@ -64,7 +64,13 @@ def test_batched_bootstrap_matches_scalar_lbfgs_reference():
     theta, _, optima = scaling.fit_theta(data, n_starts=8)
     fast = scaling.bootstrap_thetas(data, optima, 1e-3, n_bootstrap=5, seed=7, backend="numpy")
     slow = scaling.bootstrap_thetas(data, optima, 1e-3, n_bootstrap=5, seed=7, backend="scipy", workers=1)
-    np.testing.assert_allclose(fast, slow, atol=1e-5)
+    # Same optimum: the vectorised solver's objective is never worse, and the parameters agree (log B sits in a
+    # flat valley, so it gets a looser tolerance than the exponents).
+    for idx, f, s in zip(scaling.bootstrap_indices(len(n), 5, 7), fast, slow):
+        sample = data.take(idx)
+        assert scaling.objective(f, sample, 1e-3)[0] <= scaling.objective(s, sample, 1e-3)[0] + 1e-10
+    np.testing.assert_allclose(fast[:, 3:], slow[:, 3:], atol=2e-3)
+    np.testing.assert_allclose(fast[:, :3], slow[:, :3], atol=3e-2)
 
 
 def test_bootstrap_is_seeded_and_independent_of_worker_count():
