@@ -265,6 +265,23 @@ def test_disk_full_leaves_results_csv_intact(env, monkeypatch):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_error_mid_sweep_stops_the_running_points(env, monkeypatch):
+    """A full disk while results.csv is rewritten: the error surfaces and no training process is left."""
+    monkeypatch.setenv("FAKE_SLEEP", "0.3")
+    s = Sweep(config=f"{env}/exp.py:tiny", points=sweep("model.width", [16, 32, 64]))
+    s.name = "w"
+
+    def full_disk(sweep_dir):
+        raise SweepError("cannot write 'results.csv': No space left on device; nothing was replaced")
+
+    monkeypatch.setattr(state, "write_results", full_disk)
+    with pytest.raises(SweepError, match="No space left"):
+        msweep.run_sweep(s, env / "sw", parallel=2, entry=entry(env), progress=None, poll_s=0.05)
+    assert not list((env / "sw" / "logs").glob("*.pid"))  # every child was stopped and its pid file removed
+    assert msweep.sweep_status(env / "sw").get("running") is None
+    assert not (env / "sw" / "results.csv").exists()
+
+
 RUNNER_SCRIPT = '''
 import sys
 from mdiff.sweep import Sweep, product, sweep, run_sweep

@@ -108,9 +108,12 @@ class _Active:
 
 def _start(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Sequence[str] | None, env: dict[str, str]) -> _Active:
     argv = command_line(run, sweep_dir, common, entry)
-    log = open(state.log_path(sweep_dir, run.name), "a")
-    log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
-    log.flush()
+    try:
+        log = open(state.log_path(sweep_dir, run.name), "a")
+        log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
+        log.flush()
+    except OSError as e:
+        raise SweepError(f"cannot write the log of {run.name} in {sweep_dir / 'logs'}: {e.strerror or e}") from None
     proc = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT, env=env,
         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
@@ -196,6 +199,9 @@ def run_sweep(
         outcome.interrupted = True
         _stop(active, sweep_dir)
         progress.event("interrupted: running points stopped; rerun the same command to continue")
+    except BaseException:  # a full disk, a bug: leave no orphans behind
+        _stop(active, sweep_dir)
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
