@@ -72,8 +72,8 @@ def solve_batch(
         lhs = hess + damping[idx, None, None] * (diag[:, :, None] * eye + 1e-12 * eye)
         try:
             step = -np.linalg.solve(lhs, grad[..., None])[..., 0]
-        except np.linalg.LinAlgError:
-            step = -np.linalg.lstsq(lhs[0], grad[0], rcond=None)[0][None] if len(idx) == 1 else np.zeros_like(grad)
+        except np.linalg.LinAlgError:  # some problem's system is singular: least-norm steps for all of them
+            step = -(np.linalg.pinv(lhs) @ grad[..., None])[..., 0]
         candidate = np.clip(theta[idx] + step, lo, hi)
         rc, jc = _residuals_and_jacobian(candidate, log_n, log_d, log_l)
         vc = _huber_objective(rc, weights[idx], delta)

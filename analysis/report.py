@@ -162,6 +162,8 @@ def scaling_section(ctx: Context) -> Section | None:
     if df is None or not (table.varying(df, "params") and table.varying(df, "tokens")):
         return None
     fit = scaling.fit_scaling_law(df, ctx.loss, n_bootstrap=ctx.n_bootstrap, seed=ctx.seed)
+    if len(df) < len(ctx.df):
+        fit.notes.append(f"{len(ctx.df) - len(df)} complete run(s) without a finite positive {ctx.loss}/params/tokens left out")
     ctx.outputs["scaling_fit"] = fit.to_json()
     n, d, y = df.params.astype(float), df.tokens.astype(float), df[ctx.loss].astype(float)
     images = ctx.rel(plots.loss_vs_compute(n, d, y, fit, ctx.figure("loss_vs_compute")))
