@@ -37,6 +37,7 @@ def get_config(variant: str = "cpu-s"):
         config.train.log_every = 2
         config.train.eval_every = 6
         config.train.eval_batches = 1
+        config.train.eval_batch = 8
         config.train.checkpoint_every = 4
         config.train.progress = False
         config.optim.batch_base = 8

@@ -91,6 +91,9 @@ def test_batch_not_divisible_by_data_parallel_times_micro():
     config = _config("train.batch=12", "train.microbatches=3")
     with pytest.raises(ConfigError, match=r"train.batch=12: must be divisible by data-parallel size 8 x .*=3 = 24; e.g. train.batch=24"):
         loop.check_batch_layout(config, 8)
+    config = _config("train.eval_batch=12")
+    with pytest.raises(ConfigError, match=r"train.eval_batch=12: must be divisible by data-parallel size 8; e.g. train.eval_batch=8"):
+        loop.check_batch_layout(config, 8)
 
 
 def test_mesh_that_does_not_match_devices(tmp_path):

@@ -20,7 +20,9 @@ def train_defaults() -> ml_collections.ConfigDict:
             log_every=10,  # metrics.jsonl record every k steps (and at the last step)
             eval_every=0,  # 0 -> only at the end
             eval_batches=4,  # validation batches per evaluation (of train.eval_batch sequences)
-            eval_batch=0,  # sequences per validation batch; 0 -> train.batch / train.microbatches
+            # Sequences per validation batch. Fixed (not tied to train.batch) so that runs of a batch-size
+            # sweep evaluate on the same sequences with the same noise; 0 -> train.batch / train.microbatches.
+            eval_batch=16,
             eval_seed=1234,  # fixed noise (t and masks) for evaluation, comparable across runs
             checkpoint_every=0,  # 0 -> only at the end (and on preemption)
             keep_checkpoints=2,

@@ -77,9 +77,11 @@ def check_batch_layout(config: Any, dp: int) -> None:
         )
     eval_rows = eval_batch_size(config)
     if eval_rows % (dp * group):
+        unit = dp * group
         raise ConfigError(
             f"config.train.eval_batch={eval_rows}: must be divisible by data-parallel size {dp}"
-            + (" x 2" if group == 2 else "")
+            + (" x 2 (anti-masking pairs)" if group == 2 else "")
+            + f"; e.g. train.eval_batch={max(unit, eval_rows - eval_rows % unit)}"
         )
 
 
