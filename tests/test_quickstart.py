@@ -115,11 +115,21 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
     assert "already made; reusing them" in again.getvalue()
     assert starts() == {r["name"]: 1 for r in rows}
 
-    # A sampling-sweep point on the trained run: scores with other settings, nothing retrained.
+
+
+@pytest.mark.slow
+def test_sampling_sweep_point_scores_a_trained_run(tmp_path):
+    """Train one tiny run, then score it as a sampling-sweep point would: other settings, nothing retrained."""
+    import subprocess
+    import sys
+
     from mdiff.sweeps_lib import sample_point
 
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "mdiff", "train", "--config", "experiments/quickstart.py:test", "--workdir", str(run)],
+                   check=True, capture_output=True, cwd=pathlib.Path(__file__).resolve().parent.parent)  # fmt: skip
     point = tmp_path / "sampling_point"
-    code = sample_point.main(["--run", str(out / "runs" / result.best_run), "--config", "experiments/quickstart.py:test",
+    code = sample_point.main(["--run", str(run), "--config", "experiments/quickstart.py:test",
                               "--workdir", str(point), "--config.sampling.text.steps=8"])  # fmt: skip
     summary = json.loads((point / "summary.json").read_text())
     assert code == 0 and summary["status"] == "complete" and summary["eval/text/gen_ppl"] > 0
