@@ -53,8 +53,10 @@ def plot_curves(workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def resample(trainer, x: np.ndarray, n: int, seed: int) -> dict[str, np.ndarray]:
-    """Prototypes and n natural resamples per image ([n, B, H, W, C])."""
+def resample(trainer, x: np.ndarray, n: int, seed: int, n_images: int | None = None) -> dict[str, np.ndarray]:
+    """Prototypes, n samples eta' ~ p(eta | x_hat) per image ([n, B, dim]) and the natural resamples
+    x' = T_eta' . T_eta^-1 (x) of the first `n_images` of them ([n_images, B, H, W, C]; default all n)."""
+    n_images = n if n_images is None else min(n_images, n)
     fam, order = trainer.family, trainer.config.transform.order
     inf, flow = trainer.inference_net(), trainer.flow()
     k1, k2 = jax.random.split(jax.random.key(seed))
@@ -65,7 +67,7 @@ def resample(trainer, x: np.ndarray, n: int, seed: int) -> dict[str, np.ndarray]
         t_inv = inverse(fam.transform(eta))
         x_hat = fam.apply(xb, t_inv, order=order)
         etas = flow.sample(k2, x_hat, n)
-        new = jax.vmap(lambda e: fam.apply(xb, compose(t_inv, fam.transform(e)), order=order))(etas)
+        new = jax.vmap(lambda e: fam.apply(xb, compose(t_inv, fam.transform(e)), order=order))(etas[:n_images])
         return eta, x_hat, etas, new
 
     eta, x_hat, etas, new = run(jnp.asarray(x))
@@ -73,9 +75,9 @@ def resample(trainer, x: np.ndarray, n: int, seed: int) -> dict[str, np.ndarray]
             "resamples": np.asarray(new)}
 
 
-def plot_resamples(trainer, images: np.ndarray, out: pathlib.Path, n_resample: int = 4, seed: int = 0):
+def plot_resamples(res: dict, images: np.ndarray, out: pathlib.Path):
     plt = _pyplot()
-    res = resample(trainer, images, n_resample, seed)
+    n_resample = res["resamples"].shape[0]
     rows = 2 + n_resample
     fig, axes = plt.subplots(rows, len(images), figsize=(1.2 * len(images), 1.2 * rows), squeeze=False)
     for j in range(len(images)):
@@ -93,10 +95,9 @@ def plot_resamples(trainer, images: np.ndarray, out: pathlib.Path, n_resample: i
     return path
 
 
-def plot_marginals(trainer, images: np.ndarray, out: pathlib.Path, n: int = 2000, seed: int = 0):
+def plot_marginals(res: dict, names: tuple[str, ...], n_examples: int, out: pathlib.Path):
     plt = _pyplot()
-    res = resample(trainer, images, n, seed)
-    names = trainer.family.names
+    images = res["prototype"][:n_examples]
     fig, axes = plt.subplots(len(images), len(names) + 1, figsize=(2.2 * (len(names) + 1), 1.6 * len(images)),
                              squeeze=False)
     for i in range(len(images)):
@@ -129,6 +130,7 @@ def plot_run(workdir: str | pathlib.Path, n_examples: int = 8) -> list[pathlib.P
     paths = [plot_curves(workdir, out)]
     config, splits, trainer = load_run(workdir)
     test = splits["test"].images[:n_examples]
-    paths.append(plot_resamples(trainer, test, out, seed=config.seed))
-    paths.append(plot_marginals(trainer, test[: min(6, len(test))], out, seed=config.seed))
+    res = resample(trainer, test, n=2000, seed=config.seed, n_images=4)  # one compiled call for both figures
+    paths.append(plot_resamples(res, test, out))
+    paths.append(plot_marginals(res, trainer.family.names, min(6, len(test)), out))
     return paths
