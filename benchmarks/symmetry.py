@@ -74,7 +74,13 @@ def vae_table(sizes: list[int], seeds: list[int], steps: int, vae_steps: int, ro
                 table.setdefault(kind, {}).setdefault(str(size), []).append(summary[f"vae/{kind}/test_iwlb"])
             print(f"num_train={size} seed={seed}: " + ", ".join(
                 f"{k} {summary[f'vae/{k}/test_iwlb']:.1f}" for k in ("vae", "augvae", "protovae")), file=sys.stderr)
-    return {kind: {size: interval(v) for size, v in by_size.items()} for kind, by_size in table.items()}
+    result = {kind: {size: interval(v) for size, v in by_size.items()} for kind, by_size in table.items()}
+    print(f"{'model':>9} {'num_train':>9} {'test bound (nats)':>20} {'95% interval':>22}", file=sys.stderr)
+    for kind, by_size in result.items():
+        for size, r in by_size.items():
+            lo, hi = r["ci95"]
+            print(f"{kind:>9} {size:>9} {r['mean']:>12.1f} +- {r['se']:<5.1f} [{lo:>9.1f}, {hi:>9.1f}]", file=sys.stderr)
+    return result
 
 
 def main() -> None:
