@@ -11,8 +11,6 @@ import argparse
 import json
 import sys
 
-from mdiff.data.pipeline import default_data_dir
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="{build,info}")
@@ -29,6 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mdiff.data.pipeline import default_data_dir  # imports grain/JAX: keep `mdiff --help` fast
+
     if args.data_command == "build":
         from mdiff.data.build import build_dataset
 
