@@ -31,14 +31,26 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
 
 
 def bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "your input is wrong" (exit 2, one line) rather than a bug (traceback)."""
+    """Exceptions that mean "your input is wrong" (exit 2, one line) rather than a bug (traceback).
+
+    Evaluated only when an exception reaches `main`, so the heavier modules are imported only then.
+    """
     from mdiff.config import ConfigError
     from mdiff.data.layout import LayoutError
     from mdiff.data.vocab import VocabError
     from mdiff.rundir import WorkdirError
 
     errors: list[type[BaseException]] = [ConfigError, WorkdirError, VocabError, LayoutError]
-    for module, name in (("mdiff.data.errors", "DataError"), ("analysis.errors", "AnalysisError")):
+    optional = (
+        ("mdiff.data.errors", "DataError"),
+        ("analysis.errors", "AnalysisError"),
+        ("mdiff.sweeps_lib.define", "SweepError"),
+        ("mdiff.diffusion.schedules", "ScheduleError"),
+        ("mdiff.model.scaling", "ShapeError"),
+        ("mdiff.parallel", "ShardingError"),
+        ("mdiff.symmetry.transforms", "TransformError"),
+    )
+    for module, name in optional:
         try:
             errors.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):
