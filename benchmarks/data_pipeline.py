@@ -23,7 +23,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from absl import flags  # noqa: E402
+from bench_common import machine  # noqa: E402
 
 BATCH, SEQ = 16, 256
 
@@ -139,15 +139,6 @@ def time_train_step(data_dir: str, steps: int) -> dict:
     median = statistics.median(times)
     return {"ms_per_step": 1e3 * median, "tokens_per_s": BATCH * SEQ / median, "steps": steps, "vocab": pipeline.vocab.size}
 
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -31,6 +30,8 @@ from mdiff.diffusion.schedules import get_schedule
 from mdiff.eval.restore import model_logits_fn
 from mdiff.model import build_model
 from mdiff.model.scaling import matmul_params, resolve_shape
+
+from bench_common import machine, matmul_peak
 
 
 def timed(fn, repeats: int, warmup: bool = True) -> tuple[list[float], list[float]]:
@@ -51,11 +52,6 @@ def median_times(fn, repeats: int, warmup: bool = True) -> tuple[float, float]:
     wall, cpu = timed(fn, repeats, warmup)
     return statistics.median(wall), statistics.median(cpu)
 
-
-def matmul_peak(n: int, repeats: int) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    return 2 * n**3 / median_times(lambda: dot(a, a), repeats)[0]
 
 
 def main() -> None:
@@ -124,7 +120,7 @@ def main() -> None:
         **results,
         "overhead_vs_forward": worst,
         "fraction_of_peak": min(r["fraction_of_peak"] for r in results.values()),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": str(jax.devices()[0]), "cpus": jax.local_device_count()},
+        "machine": machine(),
     }
     print(json.dumps(summary))
 

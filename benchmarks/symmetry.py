@@ -15,24 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
+from bench_common import machine  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CONFIG = str(ROOT / "experiments/symmetry_digits.py")
 
-
-def machine() -> dict:
-    import jax
-
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()][:1], "python": platform.python_version()}
 
 
 def train_once(variant: str, overrides: list[str], workdir: pathlib.Path) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ from mdiff.diffusion.loss import mdm_loss  # noqa: E402
 from mdiff.diffusion.schedules import get_schedule  # noqa: E402
 from mdiff.model import build_model  # noqa: E402
 from mdiff.model.scaling import PRESETS, flops_per_token  # noqa: E402
+from bench_common import machine, matmul_peak  # noqa: E402
 
 SEQ, BATCH, VOCAB_SIZE = 256, 16, 4096
 
@@ -49,15 +49,6 @@ def timed(fn, calls: int, cpu: list[float] | None = None) -> list[float]:
             cpu.append(time.process_time() - start_cpu)
     return out
 
-
-def matmul_peak(calls: int) -> float:
-    """FLOP/s of a jitted f32 2048^2 matmul (median)."""
-    n = 2048
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    f = jax.jit(jnp.dot)
-    jax.block_until_ready(f(a, b))
-    return 2 * n**3 / statistics.median(timed(lambda: f(a, b), calls))
 
 
 def make_batches(vocab: UnifiedVocab, count: int = 8) -> list[dict[str, jax.Array]]:
@@ -134,22 +125,6 @@ def run_precision(vocab: UnifiedVocab, dtype: str, batches, steps: int, warmup: 
     }
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "device": str(jax.devices()[0]),
-        "platform": jax.default_backend(),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-    }
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -161,7 +136,7 @@ def main() -> None:
     vocab = UnifiedVocab(VOCAB_SIZE - 15 - 2, 1, 1)
     assert vocab.size == VOCAB_SIZE
     batches = make_batches(vocab)
-    peak_before = matmul_peak(peak_calls)
+    peak_before = matmul_peak(2048, peak_calls)
     print(f"matmul peak (f32 2048^2): {peak_before / 1e9:.1f} GFLOP/s", flush=True)
     results = {}
     for dtype in args.precisions.split(","):
@@ -169,7 +144,7 @@ def main() -> None:
         results[dtype] = r
         print(f"{dtype}: {r['ms_per_step']:.1f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
               f"{r['flops_per_s'] / 1e9:.1f} GFLOP/s, loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}", flush=True)
-    peak_after = matmul_peak(peak_calls)
+    peak_after = matmul_peak(2048, peak_calls)
     peak = max(peak_before, peak_after)
     for r in results.values():
         r["fraction_of_peak"] = r["flops_per_s"] / peak
