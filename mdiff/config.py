@@ -88,8 +88,13 @@ def _import_file(path: pathlib.Path) -> Any:
         else:
             known = ", ".join(sorted(p.name for p in (alt.parent.glob("*.py") if alt.parent.is_dir() else [])))
             raise ConfigError(f"config file {str(path)!r} does not exist" + (f"; files there: {known}" if known else ""))
-    name = f"_mdiff_config_{abs(hash(str(resolved)))}"
-    module_spec = importlib.util.spec_from_file_location(name, resolved)
+    return import_python_file(resolved, prefix="_mdiff_config_")
+
+
+def import_python_file(path: pathlib.Path, *, prefix: str) -> Any:
+    """Import a .py file by path (config and sweep files are not in a package)."""
+    name = f"{prefix}{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
     assert module_spec and module_spec.loader
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module

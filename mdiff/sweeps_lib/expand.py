@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import pathlib
-import sys
 from typing import Any
 
+from mdiff.config import import_python_file
 from mdiff.sweeps_lib.define import Point, Sweep, SweepError, override_args, point_name, short_keys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
@@ -81,13 +80,7 @@ def load_sweep(spec: str) -> Sweep:
 
 
 def _import(path: pathlib.Path) -> Any:
-    name = f"_mdiff_sweep_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    assert module_spec and module_spec.loader
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
-    return module
+    return import_python_file(path, prefix="_mdiff_sweep_")
 
 
 # ---------------------------------------------------------------------------------------------
