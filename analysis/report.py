@@ -30,6 +30,7 @@ import pandas as pd
 
 from analysis import batch as batch_analysis
 from analysis import isoflop, mixing, plots, scaling, schedules, table
+from analysis import sampling as sampling_study
 from analysis.errors import AnalysisError
 
 MODALITY_LOSSES = ("loss_text", "loss_image", "loss_audio")
@@ -259,6 +260,8 @@ def schedules_section(ctx: Context) -> Section | None:
 
 
 def sampling_section(ctx: Context) -> Section | None:
+    if sampling_study.tasks_in(ctx.df):
+        return per_task_sampling_section(ctx)
     steps = table.first_present(ctx.df, SAMPLING_STEPS)
     metrics = [m for m in SAMPLING_METRICS if m in ctx.df.columns]
     if not table.varying(ctx.df, steps) or not metrics:
@@ -267,6 +270,24 @@ def sampling_section(ctx: Context) -> Section | None:
     ctx.outputs["sampling"] = summary.to_dict(orient="records")
     images = ctx.rel(plots.sampling_quality(summary, ctx.figure("sampling_quality"), ylabel=", ".join(metrics)))
     return Section("Sampling quality vs steps", images=images, tables=[("Sampling summary", summary)])
+
+
+def per_task_sampling_section(ctx: Context) -> Section:
+    """A sampling sweep (`sampling.<task>.<key>` axes, `eval/<task>/<score>` results): curves and chosen defaults."""
+    chosen = sampling_study.chosen_defaults(ctx.df)
+    overrides = sampling_study.default_overrides(chosen)
+    (ctx.report_dir / "sampling_defaults.json").write_text(json.dumps(overrides, indent=2, sort_keys=True))
+    ctx.outputs["sampling_defaults"] = overrides
+    curves = sampling_study.quality_vs_steps(ctx.df)
+    images: list[str] = []
+    tables = [("Chosen defaults per task (best observed primary score)", chosen.assign(settings=chosen.settings.astype(str)))]
+    if not curves.empty:
+        ctx.outputs["sampling"] = curves.to_dict(orient="records")
+        images = ctx.rel(plots.sampling_quality(curves, ctx.figure("sampling_quality"), ylabel="primary score per task"))
+        tables.append(("Quality vs steps", curves))
+    flags = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+    notes = [f"chosen settings as config overrides (also in sampling_defaults.json): {flags}"]
+    return Section("Sampling defaults", images=images, tables=tables, notes=notes)
 
 
 ANALYSES: tuple[tuple[str, Callable[[Context], Section | None]], ...] = (

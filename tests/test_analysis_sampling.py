@@ -1,0 +1,54 @@
+"""The sampling-defaults study on a table shaped like the sampling sweep's results.csv."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from analysis import sampling
+from analysis.report import build_report
+
+
+def sampling_results() -> pd.DataFrame:
+    """A chained sweep: text rows vary steps x method, t2i rows vary guidance; one failed run."""
+    rows = []
+    for steps in (16, 32, 64):
+        for method in ("ancestral", "confidence"):
+            ppl = 400.0 / np.sqrt(steps) + (5.0 if method == "confidence" else 0.0)
+            rows.append({"name": f"text-{steps}-{method}", "sampling.text.steps": steps, "sampling.text.method": method,
+                         "eval/text/gen_ppl": ppl, "eval/t2i/accuracy": 0.3, "status": "complete"})
+    for guidance in (0.0, 1.0, 3.0):
+        rows.append({"name": f"t2i-{guidance}", "sampling.t2i.guidance": guidance, "eval/text/gen_ppl": 99.0,
+                     "eval/t2i/accuracy": 0.2 + 0.1 * guidance - 0.03 * guidance**2, "status": "complete"})
+    rows.append({"name": "t2i-broken", "sampling.t2i.guidance": 9.0, "eval/t2i/accuracy": 1.0, "status": "failed"})
+    return pd.DataFrame(rows)
+
+
+def test_chosen_defaults_follow_each_tasks_goal():
+    chosen = sampling.chosen_defaults(sampling_results()).set_index("task")
+    assert chosen.loc["text", "settings"] == {"steps": 64, "method": "ancestral"}  # lowest perplexity
+    assert chosen.loc["text", "best"] == 400.0 / 8
+    assert chosen.loc["t2i", "settings"] == {"guidance": 1.0}  # highest accuracy; the failed run is ignored
+    assert chosen.loc["t2i", "n_points"] == 3
+    assert sampling.default_overrides(chosen.reset_index()) == {
+        "sampling.text.steps": 64, "sampling.text.method": "ancestral", "sampling.t2i.guidance": 1.0}
+
+
+def test_quality_vs_steps_groups_by_the_other_varied_key():
+    curves = sampling.quality_vs_steps(sampling_results())
+    assert set(curves.group) == {"ancestral", "confidence"}
+    ancestral = curves[curves.group == "ancestral"].sort_values("steps")
+    assert list(ancestral.steps) == [16.0, 32.0, 64.0]
+    assert np.allclose(ancestral["mean"], 400.0 / np.sqrt([16, 32, 64]))
+
+
+def test_report_writes_the_sampling_section_and_defaults(tmp_path):
+    sampling_results().to_csv(tmp_path / "results.csv", index=False)
+    page = build_report(tmp_path, n_bootstrap=0)
+    html = page.read_text()
+    assert "Sampling defaults" in html and "sampling_quality.png" in html
+    assert (tmp_path / "report" / "figures" / "sampling_quality.png").stat().st_size > 0
+    defaults = json.loads((tmp_path / "report" / "sampling_defaults.json").read_text())
+    assert defaults["sampling.t2i.guidance"] == 1.0 and defaults["sampling.text.steps"] == 64
