@@ -52,3 +52,28 @@ def test_report_writes_the_sampling_section_and_defaults(tmp_path):
     assert (tmp_path / "report" / "figures" / "sampling_quality.png").stat().st_size > 0
     defaults = json.loads((tmp_path / "report" / "sampling_defaults.json").read_text())
     assert defaults["sampling.t2i.guidance"] == 1.0 and defaults["sampling.text.steps"] == 64
+
+
+def test_sample_reads_the_chosen_defaults_file(tmp_path):
+    """The report's sampling_defaults.json feeds `mdiff sample --defaults`; flags still win; bad keys are refused."""
+    import argparse
+
+    import pytest
+
+    from mdiff.diffusion.sampling import SamplingError
+    from mdiff.eval import commands
+
+    path = tmp_path / "sampling_defaults.json"
+    path.write_text(json.dumps({"sampling.t2i.guidance": 1.0, "sampling.t2i.steps": 32, "sampling.text.steps": 64}))
+    assert commands.file_defaults(str(path), "t2i") == {"guidance": 1.0, "steps": 32}
+    assert commands.file_defaults(None, "t2i") == {}
+    parser = argparse.ArgumentParser()
+    commands.configure_sample(parser)
+    args = parser.parse_args(["--workdir", "w", "--task", "t2i", "--out", "o", "--defaults", str(path), "--steps", "8"])
+    section = {"steps": 64, "grid": "linear", "method": "ancestral", "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+               "guidance": 0.0, "ordering": "max_prob", "remask": 0.0}
+    settings = commands._settings(type("C", (), {"sampling": {"t2i": section}})(), "t2i", args)
+    assert settings.guidance == 1.0 and settings.steps == 8
+    path.write_text(json.dumps({"sampling.t2i.guidanse": 1.0}))
+    with pytest.raises(SamplingError, match="guidanse"):
+        commands.file_defaults(str(path), "t2i")

@@ -24,6 +24,12 @@ SETTING_FLAGS = {  # flag -> (SamplerSettings field, type)
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampler settings (default: the run's config.sampling.<task>)")
+    group.add_argument(
+        "--defaults",
+        metavar="FILE",
+        help="JSON of sampling.<task>.<key> settings, e.g. a sampling sweep's report/sampling_defaults.json "
+        "(flags below still win)",
+    )
     for flag, (field, kind) in SETTING_FLAGS.items():
         group.add_argument(flag, dest=field, type=kind, default=None)
 
@@ -79,10 +85,34 @@ def _load_condition(task: str, prompt: str | None, has_tokenizers: bool) -> Any:
     return resample(wav, rate)
 
 
+def file_defaults(path: str | None, task: str) -> dict[str, Any]:
+    """This task's settings from a `{"sampling.<task>.<key>": value}` JSON file (chosen by a sampling sweep)."""
+    from mdiff.diffusion.sampling import SamplingError
+
+    if not path:
+        return {}
+    try:
+        data = json.loads(pathlib.Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SamplingError(f"--defaults {path}: cannot read a JSON object ({e})") from None
+    if not isinstance(data, dict):
+        raise SamplingError(f"--defaults {path}: expected a JSON object of sampling.<task>.<key> settings")
+    fields = {field for field, _ in SETTING_FLAGS.values()}
+    out = {}
+    for key, value in data.items():
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "sampling" or parts[1] not in TASK_CHOICES or parts[2] not in fields:
+            raise SamplingError(f"--defaults {path}: key {key!r} is not sampling.<task>.<setting>; settings: {', '.join(sorted(fields))}")
+        if parts[1] == task:
+            out[parts[2]] = value
+    return out
+
+
 def _settings(config: Any, task: str, args: argparse.Namespace):
     from mdiff.diffusion.sampling import SamplerSettings, check_settings
 
-    overrides = {field: getattr(args, field, None) for field, _ in SETTING_FLAGS.values()}
+    overrides = file_defaults(getattr(args, "defaults", None), task)
+    overrides.update({field: getattr(args, field) for field, _ in SETTING_FLAGS.values() if getattr(args, field, None) is not None})
     settings = SamplerSettings.from_config(config.sampling[task], **overrides)
     check_settings(settings, conditional=task != "text", where=f"sampling.{task}")
     return settings
