@@ -305,7 +305,7 @@ def _overview(df_all: pd.DataFrame, df: pd.DataFrame, spec: dict[str, Any] | Non
     status = df_all["status"].astype(str).value_counts().to_dict() if "status" in df_all.columns else {"(no status column)": len(df_all)}
     lines = [f"{len(df_all)} runs in results.csv; {len(df)} complete.", f"status counts: {status}"]
     if spec:
-        lines.append(f"sweep: {spec.get('name', '?')}; axes: {', '.join(spec.get('axes', [])) or '(none)'}")
+        lines.append(f"sweep: {_sweep_name(spec) or '?'}; base config: {spec.get('config', '?')}; axes: {', '.join(spec.get('axes', [])) or '(none)'}")
     show = [c for c in df_all.columns if c not in ("params_total",)]
     return Section("Overview", notes=lines + notes, tables=[("results.csv", df_all[show])])
 
@@ -348,13 +348,18 @@ def build_report(
     if skipped:
         sections[0].notes = [*sections[0].notes, *(f"analysis skipped, {s}" for s in skipped)]
     sections += list(extra_sections)
-    title = title or f"mdiff report: {spec.get('name') if spec else sweep_dir.name}"
+    title = title or f"mdiff report: {_sweep_name(spec) or sweep_dir.name}"
     stamp = f"generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC from {results}"
     (report_dir / "analyses.json").write_text(json.dumps(ctx.outputs, indent=2, default=_json_default))
     (report_dir / "summary.md").write_text(render_markdown(title, sections, stamp))
     page = report_dir / "index.html"
     page.write_text(render_html(title, sections, stamp))
     return page
+
+
+def _sweep_name(spec: dict[str, Any] | None) -> str | None:
+    """The sweep's name as sweep.json records it (the runner writes `sweep`; older files `name`)."""
+    return (spec or {}).get("sweep") or (spec or {}).get("name")
 
 
 def _json_default(value: Any) -> Any:

@@ -46,8 +46,10 @@ def test_quality_vs_steps_groups_by_the_other_varied_key():
 
 def test_report_writes_the_sampling_section_and_defaults(tmp_path):
     sampling_results().to_csv(tmp_path / "results.csv", index=False)
+    (tmp_path / "sweep.json").write_text(json.dumps({"sweep": "sampling:cpu", "config": "x.py:y", "axes": [], "points": []}))
     page = build_report(tmp_path, n_bootstrap=0)
     html = page.read_text()
+    assert "mdiff report: sampling:cpu" in html
     assert "Sampling defaults" in html and "sampling_quality.png" in html
     assert (tmp_path / "report" / "figures" / "sampling_quality.png").stat().st_size > 0
     defaults = json.loads((tmp_path / "report" / "sampling_defaults.json").read_text())
