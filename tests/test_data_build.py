@@ -178,7 +178,6 @@ def test_damaged_file_is_reported_then_rebuilt(tiny_data, tmp_path):
     assert verify(copy) == [f"{record} does not match its checksum (corrupted or truncated)"]
 
 
-@pytest.mark.slow
 def test_damaged_build_is_rebuilt(tiny_data, tmp_path):
     copy = str(tmp_path / "data")
     shutil.copytree(tiny_data, copy)
@@ -290,7 +289,6 @@ def test_raw_access_reproduces_the_stored_tokens(tiny_data):
     assert raw.documents(tiny_data, "validation", limit=2)[0]
 
 
-@pytest.mark.slow
 def test_build_is_deterministic(tiny_data, tmp_path):
     from mdiff.data.build import content_digest
 

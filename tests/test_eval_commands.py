@@ -62,7 +62,6 @@ def test_eval_writes_scores_with_real_data_references(run_dir, tmp_path):
     assert i2t["settings"]["method"] == "confidence" and i2t["settings"]["temperature"] == 0.0
 
 
-@pytest.mark.slow
 def test_eval_defaults_to_every_trained_task(run_dir):
     assert cli.main(["eval", "--workdir", str(run_dir), "--num-samples", "2"]) == 0
     results = json.loads((run_dir / "eval_samples.json").read_text())

@@ -124,7 +124,6 @@ def test_aot_compile_small_preset_on_fsdp_tensor_mesh():
     assert memory["argument_size_in_bytes"] > 0
 
 
-@pytest.mark.slow
 def test_aot_compile_3b_preset_on_fake_mesh():
     from mdiff.model.scaling import PRESETS, param_counts
 

@@ -145,7 +145,7 @@ def i2t_oracle(joint: np.ndarray):
     return oracle_logits_fn(joint, [2] + list(range(5, 5 + n)), [IMG_LO] + [LO] * n)
 
 
-@pytest.mark.parametrize("method", ["ancestral", pytest.param("confidence", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method", ["ancestral", "confidence"])
 def test_guidance_scale_zero_is_exactly_the_conditional_sampler(method):
     joint = correlated_joint(3, seed=1)  # axis 0: condition, axes 1-2: targets
     batch = i2t_batch(2, 128, cond_local=1)

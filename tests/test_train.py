@@ -64,9 +64,10 @@ def reference_run(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------
 # Micro-batching does not change the update
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("anti_masking", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("anti_masking", [False, True])
 def test_microbatches_give_the_same_update(tmp_path, anti_masking):
-    config = _config(f"diffusion.anti_masking={anti_masking}", "train.batch=16", "train.tokens=8192", "diffusion.cond_dropout=0.5")
+    config = _config(f"diffusion.anti_masking={anti_masking}", "train.batch=16", "train.eval_batch=16", "train.tokens=8192",
+                     "diffusion.cond_dropout=0.5")
     pipeline = make_pipeline(config, "train")
     run = loop.setup(config, tmp_path, pipeline.vocab)
     batch = sharding.global_batch(next(pipeline), run.batch_sharding, 16)
@@ -299,7 +300,6 @@ def _finish(proc, timeout=600):
     assert proc.returncode == 0, err[-4000:]
 
 
-@pytest.mark.slow
 def test_sigkill_at_an_arbitrary_step_then_resume_is_bitwise(tmp_path):
     overrides = ("train.tokens=10240", "train.log_every=1", "train.checkpoint_every=7", "train.eval_every=0")
     reference, killed = tmp_path / "reference", tmp_path / "killed"
@@ -321,7 +321,6 @@ def test_sigkill_at_an_arbitrary_step_then_resume_is_bitwise(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
 
 
-@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_of_four_devices_match_one_of_eight(tmp_path, reference_run):
     from helpers import free_port
