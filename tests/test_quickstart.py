@@ -117,7 +117,6 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
 
 
 
-@pytest.mark.slow
 def test_sampling_sweep_point_scores_a_trained_run(tmp_path):
     """Train one tiny run, then score it as a sampling-sweep point would: other settings, nothing retrained."""
     import subprocess

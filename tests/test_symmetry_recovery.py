@@ -5,7 +5,7 @@ eta that was applied: hearts rotated U(+-60 deg), ellipses U(+-30 deg), both shi
 transformed at all. p(eta | prototype) must match each class's distribution (Wasserstein-1 against the uniform) and
 put (almost) no spread on the squares' rotation.
 
-Slow (-m slow): the whole two-stage SGM on experiments/symmetry_dsprites.py:known and :unrotated.
+Also (about 70 s each): the whole two-stage SGM on experiments/symmetry_dsprites.py:known and :unrotated.
 """
 
 import math
@@ -74,7 +74,6 @@ def _run(variant, tmp_path, overrides=()):
     return train_and_evaluate(config, tmp_path / variant)
 
 
-@pytest.mark.slow
 def test_sgm_recovers_known_rotation_and_shift(tmp_path):
     """Full two-stage SGM on rotated/shifted canonical shapes (about 10 CPU minutes)."""
     s = _run("known", tmp_path)
@@ -85,7 +84,6 @@ def test_sgm_recovers_known_rotation_and_shift(tmp_path):
     assert s["recovery/rotation/std_learned"] > 0.4 * s["recovery/rotation/std_true"], s
 
 
-@pytest.mark.slow
 def test_sgm_learns_no_rotation_on_unrotated_data(tmp_path):
     s = _run("unrotated", tmp_path)
     # measured (CPU): 3.3 deg here, against 12.9 deg on the rotated `known` data with the same settings
