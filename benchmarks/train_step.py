@@ -29,9 +29,8 @@ from flax import nnx
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mdiff.data.vocab import Modality, UnifiedVocab  # noqa: E402
-from mdiff.diffusion.loss import mdm_loss  # noqa: E402
-from mdiff.diffusion.schedules import get_schedule  # noqa: E402
 from mdiff.model import build_model  # noqa: E402
+from mdiff.model.aot import bare_train_step  # noqa: E402
 from mdiff.model.scaling import PRESETS, flops_per_token  # noqa: E402
 from bench_common import machine, matmul_peak  # noqa: E402
 
@@ -74,18 +73,7 @@ def build_step(vocab: UnifiedVocab, dtype: str):
     model = build_model(dict(size="bench-small", dtype=dtype), vocab, SEQ, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adamw(3e-4, b2=0.999, weight_decay=0.03)
-    schedules = {m: get_schedule("linear") for m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)}
-
-    def step(params, opt_state, batch, rng):
-        def loss_fn(p):
-            m = nnx.merge(graphdef, p, rest)
-            logits_fn = lambda x, b: m(x, b["modality"], b["segment_ids"], b["positions"])  # noqa: E731
-            return mdm_loss(logits_fn, batch, rng, vocab=vocab, schedules=schedules)[0]
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
+    step = bare_train_step(graphdef, rest, tx, vocab)
     return jax.jit(step, donate_argnums=(0, 1)), (params, tx.init(params))
 
 
