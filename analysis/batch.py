@@ -28,6 +28,22 @@ SEQ_LEN_COLUMNS = ("data.seq_len", "seq_len")
 KAPPA_COLUMNS = ("kappa", "optim.kappa")
 
 
+
+def _columns(
+    df: pd.DataFrame, what: str, name: str, column: str | None, candidates: tuple[str, ...], horizon_column: str | None, loss: str
+) -> tuple[str, str]:
+    """Resolve (`name` column, horizon column) from the table, or raise naming what is missing."""
+    column = column or table.first_present(df, candidates)
+    horizon_column = horizon_column or table.first_present(df, HORIZON_COLUMNS)
+    if column is None or horizon_column is None:
+        raise AnalysisError(
+            f"{what} needs a {name} column (one of {', '.join(candidates)}) and a horizon column "
+            f"(one of {', '.join(HORIZON_COLUMNS)}); columns present: {', '.join(map(str, df.columns))}"
+        )
+    if loss not in df.columns:
+        raise AnalysisError(f"{df.attrs.get('source', 'results table')}: loss column {loss!r} does not exist")
+    return column, horizon_column
+
 def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes", "sde", "reparameterised", "reparameterized")
 
@@ -51,15 +67,7 @@ def batch_curves(
     mode_column: str | None = None,
 ) -> pd.DataFrame:
     """Columns: horizon, mode, batch, loss (mean over seeds), loss_std, n_runs; sorted by batch."""
-    batch_column = batch_column or table.first_present(df, BATCH_COLUMNS)
-    horizon_column = horizon_column or table.first_present(df, HORIZON_COLUMNS)
-    if batch_column is None or horizon_column is None:
-        raise AnalysisError(
-            f"batch analysis needs a batch column (one of {', '.join(BATCH_COLUMNS)}) and a horizon column "
-            f"(one of {', '.join(HORIZON_COLUMNS)}); columns present: {', '.join(map(str, df.columns))}"
-        )
-    if loss not in df.columns:
-        raise AnalysisError(f"{df.attrs.get('source', 'results table')}: loss column {loss!r} does not exist")
+    batch_column, horizon_column = _columns(df, "batch analysis", "batch", batch_column, BATCH_COLUMNS, horizon_column, loss)
     df, _ = table.keep_complete(df)
     mode_column = mode_column or table.first_present(df, MODE_COLUMNS)
     frame = pd.DataFrame(
@@ -164,15 +172,7 @@ def fit_gamma(
 
     When the physical batch varies, kappa* is first divided by B / B_base so only the horizon part remains.
     """
-    kappa_column = kappa_column or table.first_present(df, KAPPA_COLUMNS)
-    horizon_column = horizon_column or table.first_present(df, HORIZON_COLUMNS)
-    if kappa_column is None or horizon_column is None:
-        raise AnalysisError(
-            f"gamma fit needs a kappa column (one of {', '.join(KAPPA_COLUMNS)}) and a horizon column "
-            f"(one of {', '.join(HORIZON_COLUMNS)}); columns present: {', '.join(map(str, df.columns))}"
-        )
-    if loss not in df.columns:
-        raise AnalysisError(f"{df.attrs.get('source', 'results table')}: loss column {loss!r} does not exist")
+    kappa_column, horizon_column = _columns(df, "gamma fit", "kappa", kappa_column, KAPPA_COLUMNS, horizon_column, loss)
     df, _ = table.keep_complete(df)
     kappa = table.positive_column(df, kappa_column)
     horizon = table.positive_column(df, horizon_column)
