@@ -4,7 +4,9 @@
                                             throughput of each stage, invariance/likelihood/recovery results
   python benchmarks/symmetry.py --quick    a 1-minute smoke version of the same (fewer steps)
   python benchmarks/symmetry.py --vae      adds the VAE vs AugVAE vs prototype-VAE test log-likelihood table
-                                            over training-set sizes and seeds (mean, s.e., 95% interval); long
+                                            over training-set sizes and seeds (mean, s.e., 95% interval, paired
+                                            differences by seed) and writes vae_loglik_vs_size.png into the
+                                            workdir; long (--sizes, --seeds, --sgm-steps, --vae-steps, --iw)
 
 The last stdout line is one JSON object with `seconds_total`, `steps_per_s_stage1`, `steps_per_s_stage2` and the
 rest of the figures (and the machine).
@@ -44,7 +46,7 @@ def sgm_figures(summary: dict) -> dict:
 
 
 def interval(values: list[float]) -> dict:
-    """Mean, standard error and a 95% t-interval."""
+    """Mean, standard error over seeds and a 95% t-interval."""
     from scipy import stats
 
     n = len(values)
@@ -54,57 +56,129 @@ def interval(values: list[float]) -> dict:
     return {"mean": mean, "se": se, "ci95": [mean - half, mean + half], "n": n, "values": values}
 
 
-def vae_table(sizes: list[int], seeds: list[int], steps: int, vae_steps: int, root: pathlib.Path) -> dict:
+KINDS = ("vae", "augvae", "protovae")
+PAIRS = (("augvae", "vae"), ("protovae", "vae"), ("protovae", "augvae"))
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """a - b paired by seed (same data split and SGM): mean, 95% t-interval, significant if it excludes 0."""
+    r = interval([x - y for x, y in zip(a, b)])
+    lo, hi = r["ci95"]
+    r["significant"] = bool(lo > 0 or hi < 0)
+    return r
+
+
+def vae_plot(result: dict, path: pathlib.Path) -> None:
+    """Test bound vs training-set size: mean over seeds with the 95% t-interval as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {"vae": "VAE", "augvae": "AugVAE", "protovae": "prototype-VAE"}
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, kind in enumerate(k for k in KINDS if k in result):
+        sizes = sorted(result[kind], key=int)
+        xs = [int(s) * (1 + 0.03 * (i - 1)) for s in sizes]  # small offsets so the bars do not overlap
+        means = [result[kind][s]["mean"] for s in sizes]
+        err = [[m - result[kind][s]["ci95"][0] for s, m in zip(sizes, means)],
+               [result[kind][s]["ci95"][1] - m for s, m in zip(sizes, means)]]
+        ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, label=names[kind])
+    ax.set_xscale("log")
+    sizes = sorted({int(s) for by in result.values() for s in by})
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training images")
+    ax.set_ylabel("test log-likelihood bound (nats / image)")
+    ax.set_title("digits, IWLB on the same test pixels (mean, 95% t-interval over seeds)", fontsize=8)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def vae_table(sizes: list[int], seeds: list[int], steps: int, vae_steps: int, iw: int, root: pathlib.Path) -> dict:
+    import jax
+
+    # Every cell compiles the same programs (parameters are arguments, not constants): cache them on disk so
+    # only the first cell pays for compilation.
+    jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     table: dict = {}
+    medians: dict = {}
     for size in sizes:
         for seed in seeds:
             overrides = [f"--config.seed={seed}", f"--config.data.num_train={size}",
                          f"--config.inference.steps={steps}", f"--config.flow.steps={steps}",
-                         '--config.vae.models=("vae","augvae","protovae")', f"--config.vae.steps={vae_steps}",
-                         "--config.vae.iw_samples=100"]
+                         f'--config.vae.models={KINDS!r}', f"--config.vae.steps={vae_steps}",
+                         f"--config.vae.iw_samples={iw}", "--config.train.progress=False"]
+            t0 = time.time()
             summary = train_once("quick", overrides, root / f"vae_{size}_{seed}")
-            for kind in ("vae", "augvae", "protovae"):
+            for kind in KINDS:
                 table.setdefault(kind, {}).setdefault(str(size), []).append(summary[f"vae/{kind}/test_iwlb"])
-            print(f"num_train={size} seed={seed}: " + ", ".join(
-                f"{k} {summary[f'vae/{k}/test_iwlb']:.1f}" for k in ("vae", "augvae", "protovae")), file=sys.stderr)
+                medians.setdefault(kind, {}).setdefault(str(size), []).append(summary[f"vae/{kind}/test_iwlb_median"])
+            print(f"num_train={size} seed={seed} ({time.time() - t0:.0f} s): " + ", ".join(
+                f"{k} {summary[f'vae/{k}/test_iwlb']:.1f} (best step {summary[f'vae/{k}/best_step']:.0f})"
+                for k in KINDS), file=sys.stderr, flush=True)
     result = {kind: {size: interval(v) for size, v in by_size.items()} for kind, by_size in table.items()}
+    diffs = {f"{a}-{b}": {str(s): paired(table[a][str(s)], table[b][str(s)]) for s in sizes} for a, b in PAIRS}
     print(f"{'model':>9} {'num_train':>9} {'test bound (nats)':>20} {'95% interval':>22}", file=sys.stderr)
     for kind, by_size in result.items():
         for size, r in by_size.items():
             lo, hi = r["ci95"]
             print(f"{kind:>9} {size:>9} {r['mean']:>12.1f} +- {r['se']:<5.1f} [{lo:>9.1f}, {hi:>9.1f}]", file=sys.stderr)
-    return result
+    for name, by_size in diffs.items():
+        for size, r in by_size.items():
+            lo, hi = r["ci95"]
+            print(f"{name:>17} {size:>6} {r['mean']:>9.1f} [{lo:>8.1f}, {hi:>8.1f}]"
+                  f"{' significant' if r['significant'] else ''}", file=sys.stderr)
+    plot = root / "vae_loglik_vs_size.png"
+    vae_plot(result, plot)
+    print(f"plot: {plot}", file=sys.stderr)
+    return {"by_model": result, "paired_differences": diffs,
+            "median_over_images": {k: {s: interval(v) for s, v in by.items()} for k, by in medians.items()},
+            "plot": str(plot)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short smoke run (150 + 150 steps)")
     parser.add_argument("--vae", action="store_true", help="also the VAE / AugVAE / prototype-VAE table")
+    parser.add_argument("--vae-only", action="store_true", help="with --vae: skip the stand-alone SGM benchmark run")
     parser.add_argument("--sizes", default="300,600,1200", help="training-set sizes for --vae")
     parser.add_argument("--seeds", default="0,1,2", help="seeds for --vae")
-    parser.add_argument("--workdir", default=None, help="keep the run directories here (default: a temp dir)")
+    parser.add_argument("--sgm-steps", type=int, default=1000, help="steps of each SGM stage per --vae cell")
+    parser.add_argument("--vae-steps", type=int, default=3000, help="training steps of each VAE for --vae")
+    parser.add_argument("--iw", type=int, default=100, help="importance samples of the test bound for --vae")
+    parser.add_argument("--workdir", default=None,
+                        help="keep the run directories (and the --vae plot) here (default: a temp dir)")
     args = parser.parse_args()
 
     t0 = time.time()
     root = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="mdiff_sgm_bench_"))
-    overrides = ["--config.inference.steps=150", "--config.flow.steps=150"] if args.quick else []
-    summary = train_once("quick", overrides, root / "sgm")
-    result = {
-        "benchmark": "symmetry",
-        "config": f"experiments/symmetry_digits.py:quick{' (--quick: 150+150 steps)' if args.quick else ''}",
-        "steps_stage1": summary["steps_stage1"],
-        "steps_stage2": summary["steps_stage2"],
-        "steps_per_s_stage1": summary["steps_per_s_stage1"],
-        "steps_per_s_stage2": summary["steps_per_s_stage2"],
-        "sgm_wall_s": summary["wall_s"],
-        **sgm_figures(summary),
-    }
+    result: dict = {"benchmark": "symmetry"}
+    if not (args.vae and args.vae_only):
+        overrides = ["--config.inference.steps=150", "--config.flow.steps=150"] if args.quick else []
+        summary = train_once("quick", overrides, root / "sgm")
+        result.update({
+            "config": f"experiments/symmetry_digits.py:quick{' (--quick: 150+150 steps)' if args.quick else ''}",
+            "steps_stage1": summary["steps_stage1"],
+            "steps_stage2": summary["steps_stage2"],
+            "steps_per_s_stage1": summary["steps_per_s_stage1"],
+            "steps_per_s_stage2": summary["steps_per_s_stage2"],
+            "sgm_wall_s": summary["wall_s"],
+            **sgm_figures(summary),
+        })
     if args.vae:
         sizes = [int(s) for s in args.sizes.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
-        steps, vae_steps = (100, 50) if args.quick else (1000, 2000)
-        result["vae_table"] = vae_table(sizes, seeds, steps, vae_steps, root)
-        result["vae_table_units"] = "test importance-weighted bound, nats per image (Gaussian pixels in [-1, 1])"
+        steps, vae_steps, iw = (100, 60, 16) if args.quick else (args.sgm_steps, args.vae_steps, args.iw)
+        result["vae_table"] = vae_table(sizes, seeds, steps, vae_steps, iw, root)
+        result["vae_settings"] = {"sgm_steps_per_stage": steps, "vae_steps": vae_steps, "iw_samples": iw,
+                                  "sizes": sizes, "seeds": seeds}
+        result["vae_table_units"] = ("test importance-weighted bound on log p(x), nats per image, the same test "
+                                     "pixels and Gaussian pixel model (learned per-pixel sigma) for every row; "
+                                     "mean over seeds, se over seeds, 95% t-interval")
     result["seconds_total"] = time.time() - t0
     result["machine"] = machine()
     print(json.dumps(result))

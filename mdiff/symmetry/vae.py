@@ -1,23 +1,61 @@
 """VAEs combined with a trained SGM (digest §6.3): VAE, AugVAE and the prototype-VAE (the paper's InvVAE).
 
-* ``vae``: a plain VAE on x.
-* ``augvae``: each training image is replaced by a natural augmentation x' = T_eta' . T_eta^-1 (x), one composed
-  warp, with eta ~ q(eta | x) and eta' ~ p(eta | x_hat), x_hat = T_eta^-1(x); evaluated as a plain VAE on test x.
-* ``protovae``: the VAE models prototypes x_hat = T_eta^-1(x) only; the model of x is (x_hat, eta) with
-  eta ~ p(eta | x_hat). Importance-weighted bound with K samples, each resampling eta and z:
-  log p(eta | x_hat) + log p(x_hat | z) + log p(z) - log q(eta | x) - log q(z | x_hat), logsumexp - log K.
-  As the digest notes, there is no Jacobian of x <-> (x_hat, eta) (T is lossy), so this bounds a density of
-  (x_hat, eta) rather than a strict pixel-space p(x); the numbers are reported as the paper does, with that caveat.
+All three rows report the same quantity: an importance-weighted lower bound (IWLB) on log p(x), the density of
+the *test image pixels* x in [-1, 1]^D under a Gaussian observation model with a learned per-pixel sigma
+(init 1, >= 0.01), in nats per image. Because the pixels are continuous these are densities, so the bound can be
+positive (sharp models) or negative (a model that puts small sigma where test pixels deviate from its mean).
 
-Likelihood: Gaussian per pixel on [-1, 1] with a learned per-pixel sigma (init 1, >= 0.01); prior N(mu, sigma) with
-learnable mu (init 0) and sigma (init 1); encoder heads zero-initialised so q(z | x) = N(0, 1) at the start.
-The networks are MLPs (the paper uses small conv nets) so that the comparison runs on a CPU.
+* ``vae``: p(z) p(x | z) on x; trained by the ELBO on training images.
+* ``augvae``: the same model, trained on natural augmentations x' = T_eta' . T_eta^-1 (x) (one composed warp,
+  eta ~ q(eta | x), eta' ~ p(eta | x_hat), x_hat = T_eta^-1 (x)); scored as a plain VAE on untransformed test x.
+* ``protovae``: a VAE of prototypes, combined with the SGM's p(eta | x_hat) into a model of x:
+
+      z ~ p(z),   x_hat = mu(z) (the decoder mean),   eta ~ p(eta | x_hat),   x ~ N(T_eta(x_hat), diag sigma^2).
+
+  Bound with K samples, each resampling eta and z (proposal q(eta | x) q(z | T_eta^-1 (x))):
+
+      log w = log p(z) + log p(eta | mu(z)) + log N(x; T_eta(mu(z)), sigma^2) - log q(eta | x) - log q(z | T_eta^-1 x)
+
+  and IWLB = logsumexp_k log w_k - log K. Since p(z, eta, x) is a normalised joint density over pixel space and
+  the proposal is a normalised density over (z, eta), this is a lower bound on the same log p(x) as the other
+  rows (tests/test_symmetry_vae.py checks it against the exact value by quadrature).
+
+Choices for the prototype-VAE (where the paper's construction is ambiguous or not a pixel-space bound):
+
+1. Where the pixel noise lives. The paper's InvVAE weight is log p(eta | x_hat) + log p(x_hat | z) + log p(z)
+   - log q(eta | x) - log q(z | x_hat) with x_hat = T_eta^-1(x): its Gaussian is on the *prototype's* pixels and
+   no Jacobian of x <-> (x_hat, eta) appears. T_eta is a lossy warp (interpolation, content leaving the frame),
+   so that Jacobian does not exist (the map is singular) and the paper's number bounds a density over
+   (x_hat, eta), not over x. We keep every other part of the construction (same VAE, prototype encoder input,
+   the SGM's q(eta | x) and p(eta | x_hat), eta and z resampled per importance sample, same K) and move the
+   Gaussian to the observed frame: the prototype is the decoder mean and x = T_eta(prototype) + noise. The two
+   observation terms coincide exactly whenever T_eta permutes pixels (e.g. a 90-degree rotation of a square
+   image) and sigma is shared by all pixels; otherwise they differ by the missing volume change (zoom,
+   sub-pixel shifts) and the content the warp loses.
+   Alternatives rejected: adding log|det dT_eta^-1/dx| (singular for every warp that loses content, and a
+   D x D determinant per sample); a stochastic prototype with its own noise (a D-dimensional latent to
+   integrate over, with no tractable proposal).
+2. p(eta | x_hat) is conditioned on the decoder mean mu(z), the only prototype the generative model has.
+3. Training: the prototype-VAE is trained on the K = 1 version of the bound it is scored with (the ELBO of the
+   pixel-space model above; q(eta | x) and the flow frozen, the flow's dropout off as at test), not on the
+   ELBO of prototype pixels as in the paper: with the noise in the observed frame, fitting sigma on prototypes
+   would fit it in the wrong frame. Gradients reach the decoder through the warp and through p(eta | mu(z)).
+
+Checkpoint selection (all rows alike): the ELBO on the validation images (untransformed x, the quantity the test
+bound measures) is computed at `N_CHECKS` evenly spaced steps and the parameters with the best value are kept.
+On a few hundred images these MLPs overfit well before the end of training, and the paper also selects by
+validation ELBO (over its sweep grid).
+
+Prior N(mu, sigma) with learnable mu (init 0) and sigma (init 1); encoder heads zero-initialised so
+q(z | x) = N(0, 1) at the start. The networks are MLPs (the paper uses small conv nets) so the comparison runs
+on a CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,13 +65,25 @@ from flax import nnx
 
 from mdiff.symmetry import losses
 from mdiff.symmetry.nets import MLP, inv_softplus
-from mdiff.symmetry.transforms import compose, inverse
+from mdiff.symmetry.transforms import Family, compose, inverse
 
 LOG_2PI = math.log(2 * math.pi)
+KINDS = ("vae", "augvae", "protovae")
+N_CHECKS = 20  # validation checks per VAE training run (checkpoint selection)
+VALID_DRAWS = 4  # z (and eta) draws per validation image for the validation ELBO
 
 
 def _normal_logpdf(x, mu, sigma):
     return -0.5 * ((x - mu) / sigma) ** 2 - jnp.log(sigma) - 0.5 * LOG_2PI
+
+
+def pixel_log_lik(x: jax.Array, mean: jax.Array, sigma: jax.Array) -> jax.Array:
+    """The observation model of every row: sum over pixels of log N(x; mean, sigma^2).
+
+    x [B, ...] (the images being scored), mean [..., B, D] (broadcast over leading sample axes), sigma [D].
+    """
+    flat = x.reshape(x.shape[0], -1)
+    return jnp.sum(_normal_logpdf(flat, mean, sigma), axis=-1)
 
 
 class VAE(nnx.Module):
@@ -54,52 +104,123 @@ class VAE(nnx.Module):
         h = self.encoder(x.reshape(x.shape[0], -1))
         return self.enc_mu(h), jax.nn.softplus(self.enc_sigma(h) + inv_softplus(0.99)) + 0.01
 
-    def log_weights(self, x: jax.Array, key: jax.Array, k: int) -> jax.Array:
-        """[k, B]: log p(x | z) + log p(z) - log q(z | x) for z ~ q(z | x)."""
+    def decode(self, z: jax.Array) -> jax.Array:
+        """Decoder mean, [..., D] for z [..., latent]."""
+        flat = z.reshape(-1, z.shape[-1])
+        return self.dec_mu(self.decoder(flat)).reshape(*z.shape[:-1], -1)
+
+    def pixel_sigma(self) -> jax.Array:
+        return jax.nn.softplus(self.pixel_sigma_raw[...]) + 0.01
+
+    def log_prior(self, z: jax.Array) -> jax.Array:
+        sigma = jax.nn.softplus(self.prior_sigma_raw[...])
+        return jnp.sum(_normal_logpdf(z, self.prior_mu[...], sigma), axis=-1)
+
+    def sample_posterior(self, x: jax.Array, key: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+        """z ~ q(z | x) [k, B, latent] and log q(z | x) [k, B]."""
         mu, sigma = self.encode(x)
         z = mu + sigma * jax.random.normal(key, (k, *mu.shape))
-        log_q = jnp.sum(_normal_logpdf(z, mu, sigma), axis=-1)
-        prior_sigma = jax.nn.softplus(self.prior_sigma_raw[...])
-        log_prior = jnp.sum(_normal_logpdf(z, self.prior_mu[...], prior_sigma), axis=-1)
-        mean = self.dec_mu(self.decoder(z.reshape(-1, z.shape[-1]))).reshape(k, x.shape[0], -1)
-        pix_sigma = jax.nn.softplus(self.pixel_sigma_raw[...]) + 0.01
-        log_lik = jnp.sum(_normal_logpdf(x.reshape(1, x.shape[0], -1), mean, pix_sigma), axis=-1)
-        return log_lik + log_prior - log_q
+        return z, jnp.sum(_normal_logpdf(z, mu, sigma), axis=-1)
+
+    def log_weights(self, x: jax.Array, key: jax.Array, k: int) -> jax.Array:
+        """[k, B]: log p(x | z) + log p(z) - log q(z | x) for z ~ q(z | x)."""
+        z, log_q = self.sample_posterior(x, key, k)
+        return pixel_log_lik(x, self.decode(z), self.pixel_sigma()) + self.log_prior(z) - log_q
 
     def reconstruct(self, x: jax.Array) -> jax.Array:
         mu, _ = self.encode(x)
-        return self.dec_mu(self.decoder(mu)).reshape(x.shape)
+        return self.decode(mu).reshape(x.shape)
 
 
 def iwlb(log_w: jax.Array) -> jax.Array:
+    """Importance-weighted bound from log weights [K, B]: logsumexp over K minus log K."""
     return jax.nn.logsumexp(log_w, axis=0) - math.log(log_w.shape[0])
 
 
-def _prototype_log_weights(vae, inf, flow, family, x, key, k, order):
-    """[k, B] importance weights of the prototype-VAE (eta and z resampled per sample)."""
+@dataclasses.dataclass(frozen=True)
+class SGMParts:
+    """The frozen SGM pieces the VAE combinations use: q(eta | x), p(eta | x_hat), the family, interpolation."""
+
+    inf: Any
+    flow: Any
+    family: Family
+    order: int
+
+    @classmethod
+    def from_trainer(cls, trainer) -> "SGMParts":
+        return cls(trainer.inference_net(), trainer.flow(), trainer.family, trainer.config.transform.order)
+
+    def split(self) -> tuple[Callable[[Any], "SGMParts"], Any]:
+        """(rebuild, arrays): pass `arrays` into a jitted function and call rebuild(arrays) inside it, so the
+        SGM's parameters are arguments rather than constants baked into the compiled program (faster compiles,
+        and the persistent compilation cache can reuse the program for another trained SGM)."""
+        inf_g, inf_s = nnx.split(self.inf)
+        flow_g, flow_s = nnx.split(self.flow)
+
+        def rebuild(arrays) -> "SGMParts":
+            return SGMParts(nnx.merge(inf_g, arrays[0]), nnx.merge(flow_g, arrays[1]), self.family, self.order)
+
+        return rebuild, (inf_s, flow_s)
+
+
+def prototype_log_weights(vae: VAE, sgm: SGMParts, x: jax.Array, key: jax.Array, k: int) -> jax.Array:
+    """[k, B] log weights of the prototype-VAE's pixel-space bound (eta and z resampled per sample)."""
+    shape = x.shape
+
     def one(key_s):
         k1, k2 = jax.random.split(key_s)
-        eta, log_q_eta = inf.sample_with_log_prob(k1, x)
-        x_hat = family.apply(x, inverse(family.transform(eta)), order=order)
-        return flow.log_prob(eta, x_hat) - log_q_eta + vae.log_weights(x_hat, k2, 1)[0]
+        eta, log_q_eta = sgm.inf.sample_with_log_prob(k1, x)
+        t = sgm.family.transform(eta)
+        z, log_q_z = vae.sample_posterior(sgm.family.apply(x, inverse(t), order=sgm.order), k2, 1)
+        proto = vae.decode(z[0]).reshape(shape)
+        mean_x = sgm.family.apply(proto, t, order=sgm.order).reshape(shape[0], -1)
+        log_lik = pixel_log_lik(x, mean_x, vae.pixel_sigma())
+        return vae.log_prior(z[0]) + sgm.flow.log_prob(eta, proto) + log_lik - log_q_eta - log_q_z[0]
+
     return jax.lax.map(one, jax.random.split(key, k))
 
 
-def training_images(kind: str, inf, flow, family, x, key, order):
-    """What the VAE of `kind` trains on for a batch x."""
+def log_weights(kind: str, vae: VAE, sgm: SGMParts | None, x: jax.Array, key: jax.Array, k: int) -> jax.Array:
+    """[k, B] log importance weights of the model of `kind` for the images x (the same x for every kind)."""
+    if kind not in KINDS:
+        raise ValueError(f"VAE kind {kind!r}: known are {KINDS}")
+    if kind == "protovae":
+        if sgm is None:
+            raise ValueError("the prototype-VAE needs the trained SGM (q(eta | x) and p(eta | x_hat))")
+        return prototype_log_weights(vae, sgm, x, key, k)
+    return vae.log_weights(x, key, k)  # VAE and AugVAE: the same plain-VAE density of x
+
+
+def training_images(kind: str, sgm: SGMParts, x: jax.Array, key: jax.Array) -> jax.Array:
+    """The images the plain-VAE objective sees for a training batch x (vae: x; augvae: natural augmentations)."""
     if kind == "vae":
         return x
+    if kind != "augvae":
+        raise ValueError(f"training_images is for 'vae' and 'augvae', not {kind!r}")
     k1, k2 = jax.random.split(key)
-    eta, x_hat = losses.prototypes(inf, family, x, k1, order)
+    eta, x_hat = losses.prototypes(sgm.inf, sgm.family, x, k1, sgm.order)
+    eta_new = sgm.flow.sample(k2, x_hat, 1)[0]
+    t = compose(inverse(sgm.family.transform(eta)), sgm.family.transform(eta_new))
+    return jnp.clip(sgm.family.apply(x, t, order=sgm.order), -1.0, 1.0)
+
+
+def _training_loss(kind: str, vae: VAE, sgm: SGMParts, x: jax.Array, key: jax.Array) -> jax.Array:
+    """Negative ELBO (K = 1) of the batch under the objective of `kind`."""
+    k1, k2 = jax.random.split(key)
     if kind == "protovae":
-        return x_hat
-    eta_new = flow.sample(k2, x_hat, 1)[0]
-    t = compose(inverse(family.transform(eta)), family.transform(eta_new))
-    return jnp.clip(family.apply(x, t, order=order), -1.0, 1.0)
+        return -jnp.mean(prototype_log_weights(vae, sgm, x, k2, 1))
+    xt = jax.lax.stop_gradient(training_images(kind, sgm, x, k1))
+    return -jnp.mean(vae.log_weights(xt, k2, 1))
 
 
-def train_vae(kind: str, config, trainer, train_images: np.ndarray, seed: int):
-    """Train one VAE of `kind`; returns the VAE module."""
+def train_vae(kind: str, config, sgm: SGMParts, train_images: np.ndarray, valid_images: np.ndarray | None,
+              seed: int, log: Callable[[str], None] = lambda m: None) -> tuple[VAE, dict[str, float]]:
+    """Train one VAE of `kind`; keep the parameters with the best validation ELBO (see the module docstring).
+
+    Returns the VAE and {"best_step", "valid_elbo"} (valid_elbo is NaN when no validation images were given).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"VAE kind {kind!r}: known are {KINDS}")
     v = config.vae
     vae = VAE(train_images.shape[1:], v.latent, tuple(v.hidden), rngs=nnx.Rngs(seed))
     graph, params = nnx.split(vae, nnx.Param)
@@ -107,54 +228,79 @@ def train_vae(kind: str, config, trainer, train_images: np.ndarray, seed: int):
                                                max(v.steps, 2), v.lr * v.final_mult)
     tx = optax.chain(optax.clip_by_global_norm(v.clip), optax.adamw(sched, weight_decay=v.weight_decay))
     opt = tx.init(params)
-    inf, flow = trainer.inference_net(), trainer.flow()
-    order = config.transform.order
+
+    rebuild, sgm_arrays = sgm.split()
 
     @jax.jit
-    def step(params, opt, x, key):
-        k1, k2 = jax.random.split(key)
-        xt = jax.lax.stop_gradient(training_images(kind, inf, flow, trainer.family, x, k1, order))
-
-        def loss_fn(p):
-            return -jnp.mean(nnx.merge(graph, p).log_weights(xt, k2, 1))
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+    def step(params, opt, sgm_arrays, x, key):
+        parts = rebuild(sgm_arrays)
+        loss, grads = jax.value_and_grad(lambda p: _training_loss(kind, nnx.merge(graph, p), parts, x, key))(params)
         upd, opt = tx.update(grads, opt, params)
         return optax.apply_updates(params, upd), opt, loss
 
+    @jax.jit
+    def valid_elbo(params, sgm_arrays, x, key):  # mean over draws of the K = 1 bound: the ELBO of the scored model
+        return jnp.mean(log_weights(kind, nnx.merge(graph, params), rebuild(sgm_arrays), x, key, VALID_DRAWS))
+
+    def validate(params) -> float:  # all validation images in one batch: one compiled shape
+        return float(valid_elbo(params, sgm_arrays, jnp.asarray(valid_images), jax.random.key(seed + 7)))
+
+    checks = {int(round(v.steps * (j + 1) / N_CHECKS)) for j in range(N_CHECKS)}
+    best = (-math.inf, v.steps, params)
     root = jax.random.key(seed)
     for i in range(v.steps):
         idx = np.random.default_rng([seed, i, 11]).choice(len(train_images), v.batch,
                                                           replace=len(train_images) < v.batch)
-        params, opt, _ = step(params, opt, jnp.asarray(train_images[idx]), jax.random.fold_in(root, i))
-    return nnx.merge(graph, params)
+        params, opt, _ = step(params, opt, sgm_arrays, jnp.asarray(train_images[idx]), jax.random.fold_in(root, i))
+        if i + 1 in checks and valid_images is not None and len(valid_images):
+            elbo = validate(params)
+            if not math.isfinite(elbo):
+                raise FloatingPointError(f"{kind}: validation ELBO {elbo} at step {i + 1}")
+            if elbo > best[0]:
+                best = (elbo, i + 1, params)
+    if valid_images is None or len(valid_images) == 0:
+        return nnx.merge(graph, params), {"best_step": float(v.steps), "valid_elbo": float("nan")}
+    log(f"{kind}: best validation ELBO {best[0]:.1f} at step {best[1]}/{v.steps}")
+    return nnx.merge(graph, best[2]), {"best_step": float(best[1]), "valid_elbo": best[0]}
 
 
-def test_bound(kind: str, vae: VAE, config, trainer, images: np.ndarray, seed: int, chunk: int = 16) -> np.ndarray:
-    """Per-image importance-weighted bound on the test images (K = config.vae.iw_samples)."""
-    k = config.vae.iw_samples
-    inf, flow = trainer.inference_net(), trainer.flow()
-    order = config.transform.order
+def score_images(kind: str, vae: VAE, sgm: SGMParts | None, images: np.ndarray, k: int, seed: int,
+               chunk: int = 16) -> np.ndarray:
+    """Per-image IWLB (K = k) on `images`, [N] nats (chunks of `chunk` images, the last one padded)."""
+    graph, vae_arrays = nnx.split(vae)
+    rebuild, sgm_arrays = sgm.split() if sgm is not None else (lambda a: None, None)
 
     @jax.jit
-    def bound(x, key):
-        if kind == "protovae":
-            return iwlb(_prototype_log_weights(vae, inf, flow, trainer.family, x, key, k, order))
-        return iwlb(vae.log_weights(x, key, k))
+    def bound(vae_arrays, sgm_arrays, x, key):
+        return iwlb(log_weights(kind, nnx.merge(graph, vae_arrays), rebuild(sgm_arrays), x, key, k))
 
     root = jax.random.key(seed)
-    return np.concatenate([np.asarray(bound(jnp.asarray(images[i : i + chunk]), jax.random.fold_in(root, i)))
-                           for i in range(0, len(images), chunk)])
+    out = []
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk]
+        pad = np.concatenate([x, np.repeat(x[-1:], chunk - len(x), axis=0)]) if len(x) < chunk else x
+        out.append(np.asarray(bound(vae_arrays, sgm_arrays, jnp.asarray(pad), jax.random.fold_in(root, i)))[: len(x)])
+    return np.concatenate(out)
 
 
 def run_vaes(config, trainer, splits: dict, log=print) -> dict[str, Any]:
-    """Train and evaluate every VAE of `config.vae.models`; metrics `vae/<kind>/test_iwlb` (+ s.e.)."""
+    """Train and evaluate every VAE of `config.vae.models` on the same test images.
+
+    Metrics per kind: `vae/<kind>/test_iwlb` (mean over test images), `_se` (its standard error over images),
+    `_median`, `valid_elbo` and `best_step` (checkpoint selection).
+    """
     out: dict[str, Any] = {}
     test = splits["test"].images
+    valid = splits["valid"].images if "valid" in splits else None
+    sgm = SGMParts.from_trainer(trainer)
     for kind in config.vae.models:
-        vae = train_vae(kind, config, trainer, splits["train"].images, config.seed + 1000)
-        values = test_bound(kind, vae, config, trainer, test, config.seed + 2000)
+        vae, info = train_vae(kind, config, sgm, splits["train"].images, valid, config.seed + 1000, log=log)
+        values = score_images(kind, vae, sgm, test, config.vae.iw_samples, config.seed + 2000)
         out[f"vae/{kind}/test_iwlb"] = float(values.mean())
         out[f"vae/{kind}/test_iwlb_se"] = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
-        log(f"{kind}: test bound {out[f'vae/{kind}/test_iwlb']:.1f} +- {out[f'vae/{kind}/test_iwlb_se']:.1f} nats")
+        out[f"vae/{kind}/test_iwlb_median"] = float(np.median(values))
+        out[f"vae/{kind}/valid_elbo"] = info["valid_elbo"]
+        out[f"vae/{kind}/best_step"] = info["best_step"]
+        log(f"{kind}: test bound {out[f'vae/{kind}/test_iwlb']:.1f} +- {out[f'vae/{kind}/test_iwlb_se']:.1f} nats "
+            f"(median {out[f'vae/{kind}/test_iwlb_median']:.1f})")
     return out
