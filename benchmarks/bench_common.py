@@ -8,6 +8,12 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from mdiff.runtime import keep_freed_memory  # noqa: E402
+
+# As the mdiff CLI does: glibc keeps XLA:CPU's freed buffers instead of page-faulting them back in.
+MALLOC_TUNED = keep_freed_memory()
+
 
 def machine() -> dict:
     """CPU model, core count, Python, and JAX's backend and first device when JAX is in use."""
@@ -17,7 +23,8 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0],
+            "malloc_tuned": MALLOC_TUNED}
     if "jax" in sys.modules:
         import jax
 

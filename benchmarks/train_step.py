@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -94,7 +95,9 @@ def run_precision(vocab: UnifiedVocab, dtype: str, batches, steps: int, warmup: 
     counter = iter(range(10**9))
     timed(lambda: one(next(counter)), warmup)
     cpu: list[float] = []
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = timed(lambda: one(next(counter)), steps, cpu)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / steps
     median = statistics.median(times)
     flops_step = flops_per_token(PRESETS["bench-small"], vocab.size, SEQ) * BATCH * SEQ
     return {
@@ -106,6 +109,7 @@ def run_precision(vocab: UnifiedVocab, dtype: str, batches, steps: int, warmup: 
         "flops_per_step": flops_step,
         "flops_per_s": flops_step / median,
         "cpu_ms_per_step": 1e3 * statistics.median(cpu),
+        "minor_page_faults_per_step": faults,
         "compile_s": compile_s,
         "first_loss": float(losses[0]),
         "last_loss": float(losses[-1]),

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mdiff.runtime import keep_freed_memory
+
 EXIT_BAD_INPUT = 2
 
 # name -> (help, module, configure function, run function). Modules are imported when the parser is
@@ -138,6 +140,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_freed_memory()  # before JAX's threads allocate: no page faults on XLA:CPU buffers each step
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, overrides = _split_overrides(argv)
     parser, runners = build_parser()

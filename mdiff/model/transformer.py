@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from mdiff.data.vocab import UnifiedVocab
+from mdiff.model.ops import swiglu
 from mdiff.model.scaling import NUM_MODALITIES, ModelShape, padded_vocab
 from mdiff.parallel import constrain
 from mdiff.parallel_defaults import LOGICAL_AXES
@@ -158,7 +159,7 @@ def block_forward(
     h = rms_norm(x, p["mlp_norm"], opts.norm_eps).reshape(b * l, d)
     up = jnp.einsum("nd,dcf->ncf", h, p["mlp_in"].astype(dt))  # [N, 1 or 2, F]
     if shape.mlp_type == "swiglu":
-        act = jax.nn.silu(up[:, 0]) * up[:, 1]
+        act = swiglu(up)
     else:
         act = jax.nn.gelu(up[:, 0])
     mlp = jnp.dot(act, p["mlp_down"].astype(dt)).reshape(b, l, d)
@@ -234,18 +235,21 @@ class Transformer(nnx.Module):
         x = rms_norm(x, self.final_norm[...], self.opts.norm_eps)
         b, l, d = x.shape
         # The head runs in float32 whatever the compute dtype: its [B*L, V] output is float32 anyway,
-        # and XLA:CPU's bf16 matmul at this shape is slower than f32.
-        logits = jnp.dot(x.reshape(b * l, d).astype(jnp.float32), self.head[...].astype(jnp.float32))
-        return self.restrict(logits.reshape(b, l, -1), modality)
-
-    def restrict(self, logits: jax.Array, modality: jax.Array) -> jax.Array:
-        """Drop padded vocabulary rows and (optionally) ids outside each position's modality."""
-        ids = jnp.arange(logits.shape[-1])
-        if self.opts.restrict_logits:
-            bounds = jnp.take(jnp.asarray(self.range_table, jnp.int32), modality, axis=0)  # [B, L, 2]
-            lo, hi = bounds[..., :1], bounds[..., 1:]
-            allowed = (ids >= lo) & (ids < hi) & (ids != self.mask_id)
-        else:
-            allowed = (ids < self.vocab_size) & (ids != self.mask_id)
-        logits = jnp.where(allowed, logits, NEG_INF)
+        # and XLA:CPU upcasts bf16 matmuls to f32 regardless. The modality restriction rides along in
+        # the same matmul: a one-hot of the modality times a constant bias table (0 allowed, NEG_INF
+        # not) adds the mask, instead of a separate select pass over the [B, L, V] logits.
+        features = jnp.concatenate(
+            [x.reshape(b * l, d).astype(jnp.float32), jax.nn.one_hot(modality.reshape(-1), NUM_MODALITIES)], axis=-1
+        )
+        weights = jnp.concatenate([self.head[...].astype(jnp.float32), jnp.asarray(self.logit_bias_table())], axis=0)
+        logits = jnp.dot(features, weights).reshape(b, l, -1)
         return logits[..., : self.vocab_size]
+
+    def logit_bias_table(self) -> np.ndarray:
+        """[NUM_MODALITIES, padded V] float32: 0 for the ids a position of that modality may predict, NEG_INF else."""
+        ids = np.arange(padded_vocab(self.vocab_size))
+        table = np.full((NUM_MODALITIES, ids.size), NEG_INF, np.float32)
+        for m in range(NUM_MODALITIES):
+            lo, hi = self.range_table[m] if self.opts.restrict_logits else (0, self.vocab_size)
+            table[m, (ids >= lo) & (ids < hi) & (ids != self.mask_id)] = 0.0
+        return table
