@@ -215,10 +215,12 @@ def _text_scores(texts: list[str], refs: list[str], labels: list[str] | None, se
 # Speech
 # ---------------------------------------------------------------------------------------------
 def transcriber(run: LoadedRun):
+    """The t2s judge, over the words of every split's transcripts (the prompt set; see speech_metrics)."""
     from mdiff.data import raw
     from mdiff.eval.speech_metrics import Transcriber
 
-    return Transcriber(it["transcript"] for it in raw.speech_items(run.corpus_name, "train"))
+    splits = ("train", "validation", "test")
+    return Transcriber(it["transcript"] for split in splits for it in raw.speech_items(run.corpus_name, split))
 
 
 def eval_t2s(run: LoadedRun, n: int, seed: int, settings: SamplerSettings, batch_size: int) -> dict[str, Any]:
@@ -243,7 +245,7 @@ def eval_t2s(run: LoadedRun, n: int, seed: int, settings: SamplerSettings, batch
             "cer_tokenizer_round_trip": tm.cer(heard_round_trip, refs),
         },
         "shuffled": {"wer_real": tm.wer(heard_real, shuffled(refs, seed))},
-        "asr": f"pocketsphinx en-us with a bigram LM over {len(asr.words)} training-transcript words",
+        "asr": f"pocketsphinx en-us with a bigram LM over the {len(asr.words)} words of the speech transcripts",
         "examples": [{"prompt": r, "heard": h} for r, h in list(zip(refs, heard))[:3]],
     }
 
