@@ -79,3 +79,31 @@ def test_sample_reads_the_chosen_defaults_file(tmp_path):
     path.write_text(json.dumps({"sampling.t2i.guidanse": 1.0}))
     with pytest.raises(SamplingError, match="guidanse"):
         commands.file_defaults(str(path), "t2i")
+
+
+def test_degenerate_text_is_not_chosen_and_embedded_tasks_use_wer():
+    """Low-entropy text wins on n-gram perplexity but fails the entropy guard; i2t/s2t on the embedded
+    dataset are judged by WER (token accuracy only exists on the synthetic dataset); ties go to fewer steps."""
+    rows = [
+        {"name": "greedy", "sampling.text.method": "confidence", "eval/text/gen_ppl": 40.0,
+         "eval/text/entropy_bits": 6.0, "eval/text/ceiling/entropy_bits": 9.0, "status": "complete"},
+        {"name": "ancestral", "sampling.text.method": "ancestral", "eval/text/gen_ppl": 900.0,
+         "eval/text/entropy_bits": 8.9, "eval/text/ceiling/entropy_bits": 9.0, "status": "complete"},
+    ]
+    rows += [{"name": f"i2t-{s}", "sampling.i2t.steps": s, "eval/i2t/wer": w, "status": "complete"}
+             for s, w in ((24, 0.5), (6, 0.5), (2, 0.8))]
+    chosen = sampling.chosen_defaults(pd.DataFrame(rows)).set_index("task")
+    assert chosen.loc["text", "settings"] == {"method": "ancestral"} and chosen.loc["text", "qualified"] == 1
+    assert chosen.loc["i2t", "score"] == "wer" and chosen.loc["i2t", "settings"] == {"steps": 6}
+    only_degenerate = pd.DataFrame(rows[:1])
+    assert sampling.chosen_defaults(only_degenerate).loc[0, "qualified"] == 0  # the guard's failure shows
+
+
+def test_sweep_point_summary_keeps_the_reference_scores():
+    from mdiff.sweeps_lib.sample_point import flat_scores
+
+    scores = {"gen_ppl": 900.0, "entropy_bits": 8.9, "ceiling": {"gen_ppl": 100.0, "entropy_bits": 9.0},
+              "shuffled": {"gen_ppl": 3000.0}, "examples": ["x"], "seconds": 3.0, "settings": {"steps": 8}}
+    assert flat_scores("eval/text", scores) == {
+        "eval/text/gen_ppl": 900.0, "eval/text/entropy_bits": 8.9, "eval/text/ceiling/gen_ppl": 100.0,
+        "eval/text/ceiling/entropy_bits": 9.0, "eval/text/shuffled/gen_ppl": 3000.0}

@@ -26,6 +26,21 @@ def tasks_touched(keys: Sequence[str], trained: Sequence[str]) -> list[str]:
     return list(trained) if shared or not per_task else [t for t in trained if t in per_task]
 
 
+def flat_scores(prefix: str, scores: dict) -> dict[str, float]:
+    """Numeric scores as `prefix/name`, with the reference points as `prefix/ceiling/name`, `prefix/shuffled/name`.
+
+    The references are the same at every point; results.csv keeps them so each score can be read
+    against them (and the text entropy guard of analysis/sampling.py needs the real-text entropy).
+    """
+    out = {}
+    for name, value in scores.items():
+        if isinstance(value, dict) and name in ("ceiling", "shuffled"):
+            out.update(flat_scores(f"{prefix}/{name}", value))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and name != "seconds":
+            out[f"{prefix}/{name}"] = float(value)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mdiff.sweeps_lib.sample_point", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="the trained run directory to sample from")
@@ -60,9 +75,7 @@ def _score(args: argparse.Namespace, override_args: list[str], keys: list[str]) 
     results = evaluate_run(run, tasks=tasks)
     summary = {"status": "complete", "run": str(args.run), "step": run.step, "wall_s": time.time() - started}
     for task, scores in results["tasks"].items():
-        for name, value in scores.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "seconds":
-                summary[f"eval/{task}/{name}"] = float(value)
+        summary.update(flat_scores(f"eval/{task}", scores))
     rundir.write_summary(args.workdir, summary)
     return 0
 
