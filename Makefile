@@ -9,8 +9,9 @@ setup:
 quickstart: setup
 	.venv/bin/mdiff quickstart --out $(OUT)
 
+# glibc.malloc.hugetlb=1: huge-page malloc, as the mdiff command sets for itself (mdiff/runtime.py).
 test: setup
-	.venv/bin/python -m pytest -q
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python -m pytest -q
 
 test-slow: setup
-	.venv/bin/python -m pytest -q -m slow
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 .venv/bin/python -m pytest -q -m slow

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mdiff.runtime import keep_freed_memory
+from mdiff.runtime import keep_freed_memory, reexec_with_huge_pages
 
 EXIT_BAD_INPUT = 2
 
@@ -140,6 +140,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the command line, not a call from Python: restart once with huge-page malloc
+        reexec_with_huge_pages()
     keep_freed_memory()  # before JAX's threads allocate: no page faults on XLA:CPU buffers each step
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, overrides = _split_overrides(argv)
