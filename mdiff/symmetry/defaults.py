@@ -74,6 +74,8 @@ def symmetry_config() -> ml_collections.ConfigDict:
         invertibility=0.1,  # weight of the invertibility loss
         blur_sigma_init=0.0,  # Gaussian blur sigma at step 0, linearly to 0 at blur_end
         blur_end=0.01,  # fraction of stage-1 steps
+        aug_init_mult=1.0,  # augmentation range at step 0 (x bounds), linearly to the full range at aug_end
+        aug_end=0.0,  # fraction of stage-1 steps; 0 = full range from the start (the paper)
     ))
     c.flow = ml_collections.ConfigDict(dict(
         hidden=(1024, 512, 256),  # shared prototype feature MLP
@@ -182,6 +184,8 @@ def validate_inference(config: ConfigDict) -> None:
         fail("inference.warmup", q.warmup, "a fraction in [0, 1)")
     if not 0 <= q.blur_end <= 1 or q.blur_sigma_init < 0:
         fail("inference.blur_end", q.blur_end, "blur_end in [0, 1] and blur_sigma_init >= 0")
+    if not 0 < q.aug_init_mult <= 1 or not 0 <= q.aug_end <= 1:
+        fail("inference.aug_init_mult", q.aug_init_mult, "aug_init_mult in (0, 1] and aug_end in [0, 1]")
     if q.invertibility < 0:
         fail("inference.invertibility", q.invertibility, "must be >= 0")
 

@@ -20,15 +20,18 @@ def _repeat(x: jax.Array, n: int) -> jax.Array:
 
 
 def invariance_loss(model, family: Family, bounds: Bounds, x: jax.Array, key: jax.Array, *, n_samples: int,
-                    symmetric: bool, invertibility: float, order: int, blur_sigma=None):
-    """Stage-1 loss for images x [B, H, W, C] -> (loss, metrics)."""
+                    symmetric: bool, invertibility: float, order: int, blur_sigma=None, aug_mult=1.0):
+    """Stage-1 loss for images x [B, H, W, C] -> (loss, metrics).
+
+    `aug_mult` scales the uniform augmentation range (the augmentation-range schedule of train.py).
+    """
     if blur_sigma is not None:
         x = gaussian_blur(x, blur_sigma)
     xs = _repeat(x, n_samples)
     n = xs.shape[0]
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    eta_r1 = bounds.sample_uniform(k1, (n,))
-    eta_r2 = bounds.sample_uniform(k2, (n,)) if symmetric else jnp.zeros_like(eta_r1)
+    eta_r1 = bounds.sample_uniform(k1, (n,), mult=aug_mult)
+    eta_r2 = bounds.sample_uniform(k2, (n,), mult=aug_mult) if symmetric else jnp.zeros_like(eta_r1)
     t_r1, t_r2 = family.transform(eta_r1), family.transform(eta_r2)
     x_r1 = family.apply(xs, t_r1, order=order)
     x_r2 = family.apply(xs, t_r2, order=order) if symmetric else xs
