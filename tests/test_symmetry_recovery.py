@@ -5,7 +5,10 @@ eta that was applied: hearts rotated U(+-60 deg), ellipses U(+-30 deg), both shi
 transformed at all. p(eta | prototype) must match each class's distribution (Wasserstein-1 against the uniform) and
 put (almost) no spread on the squares' rotation.
 
-Also (about 70 s each): the whole two-stage SGM on experiments/symmetry_dsprites.py:known and :unrotated.
+Also (about 70 s each on a quiet 2-core CPU): the whole two-stage SGM on experiments/symmetry_dsprites.py:known
+(hearts and ellipses only) and :unrotated. Bound: per class and eta dimension, W1(learned, known) < 0.15 x the
+known half-width. Before the augmentation-range schedule (train.aug_mult) the hearts' rotation was not learned at
+all (q's rotation slope ~0 on the known rotation, learned spread ~1/6 of the true one).
 """
 
 import math
@@ -34,6 +37,9 @@ def test_uniform_w1_reference_values():
     assert uniform_w1(rng.uniform(-1, 1, 20000) + 3.0, 1.0) < 0.02  # centred first, so a shift does not count
     assert uniform_w1(np.zeros(100), 0.0) == 0.0
     assert uniform_w1(np.zeros(1000), 1.0) == pytest.approx(0.5, abs=1e-3)  # E|U(-1, 1)| = 1/2
+    hue = np.mod(rng.uniform(-0.15, 0.15, 20000) + 0.95, 1.0)  # straddles the wrap-around point of the hue
+    assert uniform_w1(hue, 0.15, period=1.0) < 0.005
+    assert uniform_w1(hue, 0.15) > 0.2  # without the period it looks like two far-apart modes
 
 
 def test_flow_recovers_known_per_class_distributions_from_exact_prototypes():
@@ -75,18 +81,34 @@ def _run(variant, tmp_path, overrides=()):
 
 
 def test_sgm_recovers_known_rotation_and_shift(tmp_path):
-    """Full two-stage SGM on rotated/shifted canonical shapes (about 10 CPU minutes)."""
+    """Full two-stage SGM on rotated/shifted canonical hearts (+-60 deg) and ellipses (+-30 deg)."""
     s = _run("known", tmp_path)
-    for name in ("shift_x", "shift_y"):
-        assert s[f"recovery/{name}/w1"] < 0.02, s  # true half-width 0.15 (ellipses 0.075); measured 0.006-0.008
-    # measured (CPU, 1000-3000 stage-1 steps): ratio 0.49-0.52; the inference net is only partly rotation-invariant
-    # after so few steps, so prototypes keep some orientation and the per-prototype spread is underestimated
-    assert s["recovery/rotation/std_learned"] > 0.4 * s["recovery/rotation/std_true"], s
+    report = {k: round(v, 4) for k, v in s.items() if k.startswith("recovery/class")}
+    for c in (0, 1):  # heart, ellipse
+        for name in ("shift_x", "shift_y", "rotation"):
+            assert s[f"recovery/class{c}/{name}/w1_rel"] < 0.15, report
+        # the prototypes are invariant to the rotation: q's inferred rotation follows the known one
+        assert 0.75 < s[f"recovery/class{c}/rotation/q_slope"] < 1.3, report
 
 
 def test_sgm_learns_no_rotation_on_unrotated_data(tmp_path):
     s = _run("unrotated", tmp_path)
-    # measured (CPU): 3.3 deg here, against 12.9 deg on the rotated `known` data with the same settings
-    assert math.degrees(s["recovery/rotation/std_learned"]) < 10, s
-    for name in ("shift_x", "shift_y"):
-        assert s[f"recovery/{name}/w1"] < 0.02, s
+    report = {k: round(v, 4) for k, v in s.items() if k.startswith("recovery/class")}
+    for c in (0, 1):
+        # W1 to a point mass, below 0.15 x the smallest rotation half-width of `known` (30 deg): 4.5 deg
+        assert math.degrees(s[f"recovery/class{c}/rotation/w1"]) < 4.5, report
+        for name in ("shift_x", "shift_y"):
+            assert s[f"recovery/class{c}/{name}/w1_rel"] < 0.15, report
+
+
+@pytest.mark.slow
+def test_sgm_recovers_known_hue_on_emoji(tmp_path):
+    """Colour: emoji recoloured by hue U(+-0.15 turn) and log-saturation U(+-0.3), value untouched (about 5 CPU
+    minutes). Measured (seed 0): hue W1 0.0186 (0.12 x the half-width; q's hue slope median 0.94 over the 11 test
+    classes), log-value W1 to a point mass 0.017. The log-saturation spread is over-estimated (W1 0.12 = 0.42 x the
+    half-width, q's slope median 1.55: boosting saturation clips, so over-correcting still gives equal prototypes),
+    so it is reported in BENCHMARKS.md, not asserted."""
+    config = load_config("experiments/symmetry_emoji.py:quick", ["--config.train.progress=False"])
+    s = train_and_evaluate(config, tmp_path / "emoji")
+    assert s["recovery/hue/w1"] < 0.15 * 0.15, s
+    assert s["recovery/log_value/w1"] < 0.03, s

@@ -74,7 +74,8 @@ def symmetry_config() -> ml_collections.ConfigDict:
         invertibility=0.1,  # weight of the invertibility loss
         blur_sigma_init=0.0,  # Gaussian blur sigma at step 0, linearly to 0 at blur_end
         blur_end=0.01,  # fraction of stage-1 steps
-        aug_init_mult=1.0,  # augmentation range at step 0 (x bounds), linearly to the full range at aug_end
+        # augmentation range at step 0 (x bounds, around transform.offset), linearly to the full range at aug_end
+        aug_init_mult=1.0,
         aug_end=0.0,  # fraction of stage-1 steps; 0 = full range from the start (the paper)
     ))
     c.flow = ml_collections.ConfigDict(dict(
