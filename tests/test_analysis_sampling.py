@@ -107,3 +107,34 @@ def test_sweep_point_summary_keeps_the_reference_scores():
     assert flat_scores("eval/text", scores) == {
         "eval/text/gen_ppl": 900.0, "eval/text/entropy_bits": 8.9, "eval/text/ceiling/gen_ppl": 100.0,
         "eval/text/ceiling/entropy_bits": 9.0, "eval/text/shuffled/gen_ppl": 3000.0}
+
+
+def test_quickstart_config_carries_the_sweep_chosen_defaults(tmp_path):
+    """experiments/quickstart.py's sampling sections equal the committed sweep choice, so `mdiff sample` /
+    `mdiff eval` start from them; a --defaults file and explicit flags still win over the config."""
+    import argparse
+    import pathlib
+
+    from mdiff.config import load_config
+    from mdiff.eval import commands
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    chosen_file = root / "experiments" / "quickstart_sampling.json"
+    chosen = json.loads(chosen_file.read_text())
+    assert chosen and all(key.startswith("sampling.") for key in chosen)
+    config = load_config("experiments/quickstart.py:cpu-l")
+    for key, value in chosen.items():
+        _, task, name = key.split(".")
+        assert config.sampling[task][name] == value, key
+    assert load_config("experiments/quickstart.py:cpu-xs").sampling.to_dict() == config.sampling.to_dict()
+
+    parser = argparse.ArgumentParser()
+    commands.configure_sample(parser)
+    task = sorted(chosen)[0].split(".")[1]
+    base = ["--workdir", "w", "--task", task, "--out", "o"]
+    settings = commands._settings(config, task, parser.parse_args(base))
+    assert all(getattr(settings, k.split(".")[2]) == v for k, v in chosen.items() if k.split(".")[1] == task)
+    assert commands._settings(config, task, parser.parse_args([*base, "--steps", "3"])).steps == 3
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({f"sampling.{task}.steps": 5}))
+    assert commands._settings(config, task, parser.parse_args([*base, "--defaults", str(other)])).steps == 5
