@@ -269,8 +269,9 @@ def recovery_metrics(trainer: Trainer, test: ImageSet, seed: int) -> dict[str, f
             if true_hw[mask, d][0] > 0:
                 metrics[f"{key}/w1_rel"] = metrics[f"{key}/w1"] / true_hw[mask, d][0]
                 full = test.labels == c
-                q_eta = unwrap(eta_q[full, d], period)
-                metrics[f"{key}/q_slope"] = float(np.polyfit(test.eta_true[full, d], q_eta, 1)[0])
+                if np.ptp(test.eta_true[full, d]) > 0:  # a slope needs two distinct known values
+                    q_eta = unwrap(eta_q[full, d], period)
+                    metrics[f"{key}/q_slope"] = float(np.polyfit(test.eta_true[full, d], q_eta, 1)[0])
     return metrics
 
 
