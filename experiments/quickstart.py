@@ -16,15 +16,16 @@ VARIANTS = (*SIZES, "test")
 # `mdiff sample` / `mdiff eval` use them unless --defaults FILE or a flag says otherwise.
 # experiments/quickstart_sampling.json holds the same values (tests/test_analysis_sampling.py checks).
 SWEPT_SAMPLING = {
-    # gen_ppl 1911 (entropy 8.78 bits, real text 9.01) vs 2113 at 64 ancestral steps
+    # gen_ppl 1911 / 2049 / 2083 (seeds 0-2; entropy 8.78-8.83 bits, real text 9.01) vs 2113 / 2142 / 2274
+    # at 64 ancestral steps; shuffled text 3637, real text 100
     "text": dict(steps=128, method="confidence"),
-    # judge accuracy 6/64 vs 3/64 at 64 steps and guidance 1 (shuffled prompts: 1/64): small counts
-    "t2i": dict(steps=16, guidance=0.0),
-    # WER 0.904 at 24 steps, as at 32 (temperature 1: 0.97); shuffled captions 1.26
+    # WER 0.904 at 24 steps, as at 32, greedy (temperature 1: 0.97); shuffled captions 1.26
     "i2t": dict(steps=24, temperature=0.0),
-    # WER 0.925 vs 0.943 at 32 steps; ancestral 0.99-1.00; shuffled transcripts 1.20
+    # WER 0.925 vs 0.943 at 32 steps (greedy: the same for every seed); ancestral 0.99-1.00; shuffled 1.20
     "s2t": dict(steps=4, method="confidence"),
-    # t2s: not changed; every point scored at the judge's floor (see BENCHMARKS.md)
+    # Not changed: t2i (the sweep's best, 16 steps without guidance, scored 6/64 vs 3/64 at seed 0 but
+    # 2/64 and 3/64 vs 1/64 and 1/64 at seeds 1-2, shuffled prompts 1/64, and a worse Frechet distance:
+    # too close to the floor to choose) and t2s (every point at the judge's floor, WER 0.996-1.0).
 }
 
 
