@@ -14,7 +14,7 @@ and scores that task. Target lengths: text 127 tokens, images 16, text slots 24,
 
 Variants:
   cpu   20 points: i2t steps x temperature; s2t steps x method; text steps x method;
-        t2i steps x guidance; t2s guidance (about 15 min on 2 quiet cores for a cpu-l run)
+        t2i steps x guidance; t2s guidance (points took 7-35 s, t2s 130 s, on a cpu-l run: about 10 min)
   pod   the same keys on finer grids, plus the time grid, top-p and temperature (88 points)
 """
 
