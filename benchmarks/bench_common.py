@@ -9,12 +9,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from mdiff.runtime import HUGE_PAGES_TUNABLE, keep_freed_memory, reexec_with_huge_pages  # noqa: E402
+from mdiff.runtime import HUGE_PAGES_TUNABLE, tune_malloc  # noqa: E402
 
 # As the mdiff CLI does: glibc keeps XLA:CPU's freed buffers (and backs them with huge pages) instead of
 # page-faulting them back in every step. The re-exec restarts the benchmark script once, before any work.
-reexec_with_huge_pages()
-MALLOC_TUNED = keep_freed_memory()
+MALLOC_TUNED = tune_malloc()
 
 
 def machine() -> dict:

@@ -23,10 +23,9 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 os.environ.setdefault("MDIFF_PROGRESS", "0")
 
-from mdiff.runtime import keep_freed_memory, reexec_with_huge_pages  # noqa: E402
+from mdiff.runtime import tune_malloc  # noqa: E402
 
-reexec_with_huge_pages()  # as `mdiff train` does, for the loop and the bare step alike
-keep_freed_memory()
+tune_malloc()  # as `mdiff train` does, for the loop and the bare step alike
 
 from absl import flags  # noqa: E402
 

@@ -90,3 +90,12 @@ def reexec_with_huge_pages() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, environ)
+
+
+def tune_malloc() -> bool:
+    """Both settings, for a script's entry point: re-execute with huge pages if needed, then mallopt.
+
+    Returns keep_freed_memory()'s answer. Only for the top of a script run from the command line.
+    """
+    reexec_with_huge_pages()
+    return keep_freed_memory()
