@@ -13,7 +13,7 @@ from mdiff.diffusion.defaults import diffusion_defaults
 from mdiff.diffusion.sampling_defaults import sampling_defaults
 from mdiff.model.defaults import model_defaults
 from mdiff.optim.defaults import optim_defaults
-from mdiff.parallel_defaults import mesh_defaults
+from mdiff.parallel.defaults import mesh_defaults
 from mdiff.train.defaults import train_defaults
 
 

@@ -11,7 +11,7 @@ from mdiff.data.vocab import Modality, UnifiedVocab
 from mdiff.diffusion.loss import mdm_loss
 from mdiff.diffusion.schedules import get_schedule
 from mdiff.model import build_model
-from mdiff.parallel_defaults import default_rules
+from mdiff.parallel.defaults import default_rules
 
 VOCAB = UnifiedVocab(70, 30, 13)  # 128 ids: shardable over tensor
 MODEL = dict(width=32, depth=1, heads=4, mlp_hidden=64)

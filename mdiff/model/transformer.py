@@ -5,7 +5,7 @@ Pre-norm blocks with RMSNorm, QK-norm, RoPE over `positions`, SwiGLU or GELU MLP
 the noise level from the MASK tokens. Inputs are token ids over the unified vocabulary plus a learned
 modality embedding; the head can restrict each position's logits to its modality's id range.
 
-Every parameter carries `logical_axes` metadata (names from mdiff.parallel_defaults.LOGICAL_AXES);
+Every parameter carries `logical_axes` metadata (names from mdiff.parallel.defaults.LOGICAL_AXES);
 mdiff.parallel maps them to mesh axes. Blocks are written as pure functions of a parameter dict so
 that the same code runs layer by layer or under `lax.scan` over stacked layers.
 """
@@ -26,7 +26,7 @@ from mdiff.data.vocab import UnifiedVocab
 from mdiff.model.ops import swiglu
 from mdiff.model.scaling import NUM_MODALITIES, ModelShape, padded_vocab
 from mdiff.parallel import constrain
-from mdiff.parallel_defaults import LOGICAL_AXES
+from mdiff.parallel.defaults import LOGICAL_AXES
 
 ACT = ("batch", "sequence", None)  # activations: split over the batch axes, replicated elsewhere
 

@@ -5,6 +5,8 @@ metadata, see mdiff.model.transformer); `config.mesh.rules` maps each logical na
 tuple of mesh axes or None (replicated). An unmapped, doubly mapped or unknown axis is an error,
 never a silent replication. State is created already sharded: `nnx.eval_shape` gives the abstract
 model, its logical axes give shardings, and a jitted init writes each shard where it lives.
+
+`defaults` holds `config.mesh` (defaults, rule parsing, validation) without JAX objects.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from mdiff.parallel_defaults import MESH_AXES, parse_rules
+from mdiff.parallel.defaults import MESH_AXES, parse_rules
 
 Rules = dict[str, Any]  # logical axis -> None | mesh axis | tuple of mesh axes
 

@@ -1,4 +1,4 @@
-"""Defaults and checks for `config.mesh` (kept apart from parallel.py so configs import no JAX)."""
+"""Defaults and checks for `config.mesh`: pure Python, so validating a config builds no JAX objects."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def default_rules() -> tuple[tuple[str, object], ...]:
 def parse_rules(raw: object, error: type[Exception] = ValueError) -> dict[str, object]:
     """Rules as a dict; every logical axis mapped exactly once, only to existing mesh axes.
 
-    Pure Python (no JAX) so that config validation can run it; mdiff.parallel uses it too.
+    Config validation and `mdiff.parallel.logical_rules` both call it.
     """
     rules: dict[str, object] = {}
     for entry in raw:  # type: ignore[attr-defined]
