@@ -34,7 +34,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bench_common import machine  # noqa: E402
-from mdiff.data.vocab import Modality, UnifiedVocab  # noqa: E402
+from mdiff.vocab import Modality, UnifiedVocab  # noqa: E402
 from mdiff.model import build_model  # noqa: E402
 from mdiff.model.aot import bare_train_step  # noqa: E402
 from mdiff.model.scaling import flops_per_token, resolve_shape  # noqa: E402

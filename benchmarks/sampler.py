@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from mdiff.data.layout import layout_example, pack
-from mdiff.data.vocab import UnifiedVocab
+from mdiff.vocab import UnifiedVocab
 from mdiff.diffusion.sampling import Sampler, SamplerSettings
 from mdiff.diffusion.schedules import get_schedule
 from mdiff.eval.restore import model_logits_fn

@@ -29,7 +29,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mdiff.data.vocab import Modality, UnifiedVocab  # noqa: E402
+from mdiff.vocab import Modality, UnifiedVocab  # noqa: E402
 from mdiff.model import build_model  # noqa: E402
 from mdiff.model.aot import bare_train_step  # noqa: E402
 from mdiff.model.scaling import PRESETS, flops_per_token  # noqa: E402

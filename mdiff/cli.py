@@ -39,7 +39,7 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
     """
     from mdiff.config import ConfigError
     from mdiff.data.layout import LayoutError
-    from mdiff.data.vocab import VocabError
+    from mdiff.vocab import VocabError
     from mdiff.rundir import WorkdirError
 
     errors: list[type[BaseException]] = [ConfigError, WorkdirError, VocabError, LayoutError]

@@ -14,7 +14,7 @@ from mdiff.data.pipeline import PipelineError, make_pipeline, multimodal_example
 from mdiff.data.prompts import decode_output, make_prompt
 from mdiff.data.sources import MissingPackageError
 from mdiff.data.tokenizers import load_tokenizers, psnr
-from mdiff.data.vocab import Modality
+from mdiff.vocab import Modality
 from mdiff.defaults import base_config
 
 

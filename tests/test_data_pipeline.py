@@ -10,7 +10,7 @@ from mdiff.config import ConfigError
 from mdiff.data.corpus import STREAMS
 from mdiff.data.layout import check_batch
 from mdiff.data.pipeline import PipelineError, make_pipeline
-from mdiff.data.vocab import Modality
+from mdiff.vocab import Modality
 from mdiff.defaults import base_config
 
 TASK_STREAM = {"TASK_TEXT": 0, "TASK_T2I": 1, "TASK_I2T": 1, "TASK_T2S": 2, "TASK_S2T": 2}

@@ -7,7 +7,7 @@ import pytest
 
 from mdiff.config import load_config
 from mdiff.data.corpus import synthetic_corpus
-from mdiff.data.vocab import SPECIAL_TOKENS, UnifiedVocab
+from mdiff.vocab import SPECIAL_TOKENS, UnifiedVocab
 from mdiff.model import scaling
 from mdiff.optim import sde
 from mdiff.train import loop

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mdiff.data.vocab import Modality, UnifiedVocab
+from mdiff.vocab import Modality, UnifiedVocab
 from mdiff.diffusion.loss import corrupt, mdm_loss, per_token_metrics, sample_times
 from mdiff.diffusion.schedules import get_schedule
 

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from mdiff.data.layout import LayoutError
-from mdiff.data.vocab import Modality, UnifiedVocab, VocabError
+from mdiff.vocab import Modality, UnifiedVocab, VocabError
 from mdiff.model import build_model, check_mask_id, check_model_inputs
 from mdiff.model.ops import swiglu
 from mdiff.model.transformer import NEG_INF

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from mdiff import parallel
-from mdiff.data.vocab import Modality, UnifiedVocab
+from mdiff.vocab import Modality, UnifiedVocab
 from mdiff.diffusion.loss import mdm_loss
 from mdiff.diffusion.schedules import get_schedule
 from mdiff.model import build_model

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from mdiff.data.layout import layout_example, pack
-from mdiff.data.vocab import UnifiedVocab
+from mdiff.vocab import UnifiedVocab
 from mdiff.diffusion import sampling as S
 
 VOCAB = UnifiedVocab(text_size=3, image_size=3, audio_size=2)

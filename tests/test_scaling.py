@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mdiff.data.vocab import UnifiedVocab
+from mdiff.vocab import UnifiedVocab
 from mdiff.model import build_model
 from mdiff.model.scaling import PRESETS, ShapeError, flops_per_token, padded_vocab, param_counts, resolve_shape
 

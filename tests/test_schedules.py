@@ -8,7 +8,7 @@ import pytest
 
 from mdiff.config import ConfigError
 from mdiff.defaults import base_config
-from mdiff.data.vocab import Modality
+from mdiff.vocab import Modality
 from mdiff.diffusion.schedules import ScheduleError, get_schedule, modality_schedules
 
 NAMES = ["linear", "polynomial(2)", "polynomial(0.5)", "cosine", "sine", "geometric(1e-4,20)"]

@@ -1,8 +1,8 @@
 """Offline tri-modal data: corpora, tokenizers, TFDS ArrayRecord datasets and the grain pipeline.
 
-Modules (import what you need; nothing heavy is imported here):
+Modules (import what you need; nothing heavy is imported here). The vocabulary they tokenise into is
+`mdiff.vocab` (shared with the model, loss and samplers).
 
-* `vocab`      UnifiedVocab: specials, disjoint text/image/audio id ranges, tasks.
 * `layout`     THE BATCH CONTRACT and the per-task example layouts.
 * `pipeline`   make_pipeline(config, split, *, process_index, process_count) -> Pipeline (host-local
                batches, mixing, packing, exact resume); dataset "synthetic" needs no files.

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mdiff.data.vocab import UnifiedVocab
+from mdiff.vocab import UnifiedVocab
 
 STREAMS = ("text", "image", "audio")
 

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mdiff.data.vocab import TASKS, Modality, UnifiedVocab, VocabError
+from mdiff.vocab import TASKS, Modality, UnifiedVocab, VocabError
 
 BATCH_KEYS = ("tokens", "modality", "loss_mask", "cond_mask", "segment_ids", "positions")
 

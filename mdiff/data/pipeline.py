@@ -31,7 +31,7 @@ from mdiff.config import ConfigDict, ConfigError
 from mdiff.data.corpus import STREAMS, Corpus, _h, synthetic_corpus
 from mdiff.data.errors import DataError
 from mdiff.data.layout import LayoutError, layout_example, pack
-from mdiff.data.vocab import Modality, UnifiedVocab
+from mdiff.vocab import Modality, UnifiedVocab
 
 STATE_VERSION = 1
 

@@ -15,7 +15,7 @@ import numpy as np
 from mdiff.data.layout import LayoutError, empty_row, layout_example
 from mdiff.data.pipeline import fit_slot
 from mdiff.data.tokenizers import Tokenizers
-from mdiff.data.vocab import TASKS, Modality, UnifiedVocab
+from mdiff.vocab import TASKS, Modality, UnifiedVocab
 
 
 def make_prompt_ids(

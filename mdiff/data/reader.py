@@ -15,7 +15,7 @@ from mdiff.data import tfds_builders
 from mdiff.data.build import DatasetError, build_settings, read_manifest, verify
 from mdiff.data.corpus import STREAMS, Corpus, MappedStream
 from mdiff.data.tokenizers import TOKENIZER_DIR
-from mdiff.data.vocab import UnifiedVocab
+from mdiff.vocab import UnifiedVocab
 
 
 def check_dataset_dir(path: str) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from mdiff.data.errors import DataError
-from mdiff.data.vocab import UnifiedVocab
+from mdiff.vocab import UnifiedVocab
 
 EOD = "<|eod|>"
 TOKENIZER_DIR = "tokenizers"

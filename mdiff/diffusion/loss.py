@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mdiff.data.vocab import MODALITY_NAMES, Modality, UnifiedVocab
+from mdiff.vocab import MODALITY_NAMES, Modality, UnifiedVocab
 from mdiff.diffusion.schedules import Schedule
 
 Batch = Mapping[str, jax.Array]

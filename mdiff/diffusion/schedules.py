@@ -23,7 +23,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from mdiff.data.vocab import MODALITY_BY_NAME, Modality
+from mdiff.vocab import MODALITY_BY_NAME, Modality
 
 
 class ScheduleError(ValueError):

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from mdiff.data.layout import LayoutError
-from mdiff.data.vocab import TASKS, Modality
+from mdiff.vocab import TASKS, Modality
 from mdiff.diffusion.sampling import Sampler, SamplerSettings, SamplingError
 from mdiff.diffusion.schedules import modality_schedules
 from mdiff.eval.restore import LoadedRun

@@ -15,7 +15,7 @@ import jax
 from flax import nnx
 
 from mdiff.config import ConfigDict
-from mdiff.data.vocab import UnifiedVocab
+from mdiff.vocab import UnifiedVocab
 
 
 def model_logits_fn(graphdef: Any):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mdiff.data.layout import BATCH_KEYS, LayoutError, example_length, layout_example, pack
-from mdiff.data.vocab import TASKS, Modality, UnifiedVocab
+from mdiff.vocab import TASKS, Modality, UnifiedVocab
 from mdiff.diffusion.sampling import SamplingError
 
 CONDITIONAL = ("t2i", "i2t", "t2s", "s2t")

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from mdiff.data.vocab import UnifiedVocab
+from mdiff.vocab import UnifiedVocab
 from mdiff.model.scaling import resolve_shape
 from mdiff.model.transformer import DTYPES, ModelOptions, Transformer
 

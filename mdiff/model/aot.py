@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mdiff import parallel
 from mdiff.data.layout import BATCH_KEYS
-from mdiff.data.vocab import Modality, UnifiedVocab
+from mdiff.vocab import Modality, UnifiedVocab
 from mdiff.diffusion.loss import mdm_loss
 from mdiff.diffusion.schedules import get_schedule
 from mdiff.model import build_model

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mdiff.data.vocab import UnifiedVocab
+from mdiff.vocab import UnifiedVocab
 from mdiff.model.ops import swiglu
 from mdiff.model.scaling import NUM_MODALITIES, ModelShape, padded_vocab
 from mdiff.parallel import constrain

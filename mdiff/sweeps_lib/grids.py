@@ -14,7 +14,7 @@ from mdiff.sweeps_lib.define import Point, SweepError
 def vocab_size_of(config) -> int:
     """The unified vocabulary a config's data section builds (specials + text + image + audio codes)."""
     from mdiff.data.corpus import SYNTHETIC_VOCAB
-    from mdiff.data.vocab import SPECIAL_TOKENS
+    from mdiff.vocab import SPECIAL_TOKENS
 
     data = config.data
     if data.dataset == "synthetic":
