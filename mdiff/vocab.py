@@ -28,8 +28,13 @@ class Modality(enum.IntEnum):
     AUDIO = 3
 
 
-MODALITY_NAMES = {Modality.TEXT: "text", Modality.IMAGE: "image", Modality.AUDIO: "audio"}
+# The one list of modalities: everything else (config keys, per-modality metrics, the model's modality
+# embedding, results columns) is derived from the enum above.
+CONTENT_MODALITIES = tuple(m for m in Modality if m != Modality.NONE)  # (TEXT, IMAGE, AUDIO)
+MODALITY_NAMES = {m: m.name.lower() for m in CONTENT_MODALITIES}  # {TEXT: "text", ...}
+MODALITIES = tuple(MODALITY_NAMES.values())  # ("text", "image", "audio"): config keys, metric suffixes
 MODALITY_BY_NAME = {name: m for m, name in MODALITY_NAMES.items()}
+NUM_MODALITIES = len(Modality)  # rows of the model's modality embedding (NONE included)
 
 # Order fixes the ids of the specials; append only.
 SPECIAL_TOKENS = (

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(espeak-ng sox fortunes bible-kjv bible-kjv-text wamerican fonts-noto-color-emoji pocketsphinx-testdata)
+APT_PACKAGES=(espeak-ng sox fortunes fortunes-min bible-kjv bible-kjv-text wamerican fonts-noto-color-emoji pocketsphinx-testdata)
 PYTHON="${PYTHON:-python3}"
 
 missing=()

@@ -8,9 +8,9 @@ Variants:
 """
 
 from mdiff.sweep import Sweep, chain, product, sweep
+from mdiff.vocab import MODALITIES
 
 VARIANTS = ("cpu", "pod")
-MODALITIES = ("text", "image", "audio")
 ALTERNATIVES = ("cosine", "sine", "polynomial(2)", "geometric(0.01,20)")
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from mdiff.data import sources
 from mdiff.data.errors import DataError
 from mdiff.data.sources import SPLITS
+from mdiff.vocab import MODALITIES
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 2  # bump when a build of the same settings would differ
@@ -251,7 +252,7 @@ def content_digest(data_dir: str) -> str:
     from mdiff.data import tfds_builders
 
     h = hashlib.sha256()
-    for stream in ("text", "image", "audio"):
+    for stream in MODALITIES:
         for split in tfds_builders.split_names(data_dir, stream):
             source = tfds_builders.open_split(data_dir, stream, split)
             h.update(f"{stream}/{split}/{len(source)}".encode())

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from mdiff.vocab import UnifiedVocab
+from mdiff.vocab import MODALITIES, UnifiedVocab
 
-STREAMS = ("text", "image", "audio")
+STREAMS = MODALITIES  # one stream per modality, in id order
 
 
 @dataclasses.dataclass

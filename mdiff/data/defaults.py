@@ -5,8 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from mdiff.config import ConfigDict, fail, register_validator
-
-MODALITIES = ("text", "image", "audio")
+from mdiff.vocab import MODALITIES
 
 
 def data_defaults() -> ml_collections.ConfigDict:

@@ -35,17 +35,46 @@ SAMPLE_RATE = 16000
 FORTUNES_DIR = "/usr/share/games/fortunes"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 REAL_SPEECH_DIR = "/usr/share/pocketsphinx/test/data"
+BIBLE_DATA = "/usr/lib/bible.data"  # the text the `bible` program reads
 
 
 class MissingPackageError(DataError):
     """A Debian package the corpora are built from is not installed."""
 
 
-def require(package: str, path: str | None = None, command: str | None = None) -> None:
-    """Fail with the package to install when its file or command is missing."""
-    if (path and not os.path.exists(path)) or (command and shutil.which(command) is None):
-        what = path or command
-        raise MissingPackageError(f"{what} not found: install the Debian package with `sudo apt-get install {package}`")
+@dataclasses.dataclass(frozen=True)
+class Requirement:
+    """A program or file the data build reads, and the Debian package that ships it (`dpkg -S` says so)."""
+
+    package: str
+    command: str | None = None  # a program looked up on PATH
+    path: str | None = None  # a file or directory
+
+    def resolve(self) -> str:
+        """The program's or file's path; a MissingPackageError naming the package when it is absent."""
+        found = shutil.which(self.command) if self.command else (self.path if os.path.exists(self.path or "") else None)
+        if found is None:
+            raise MissingPackageError(
+                f"{self.command or self.path} not found: install the Debian package with `sudo apt-get install {self.package}`"
+            )
+        return found
+
+
+def requirements() -> dict[str, Requirement]:
+    """Every external program and data file `mdiff data build` uses (one table: the build and its tests read it)."""
+    return {
+        "bible": Requirement("bible-kjv", command="bible"),
+        "bible-text": Requirement("bible-kjv-text", path=BIBLE_DATA),
+        "fortunes": Requirement("fortunes", path=FORTUNES_DIR),
+        "emoji-font": Requirement("fonts-noto-color-emoji", path=EMOJI_FONT),
+        "espeak-ng": Requirement("espeak-ng", command="espeak-ng"),
+        "real-speech": Requirement("pocketsphinx-testdata", path=REAL_SPEECH_DIR),
+    }
+
+
+def require(name: str) -> str:
+    """The path of requirement `name` (see `requirements()`), or the error naming its package."""
+    return requirements()[name].resolve()
 
 
 def split_of(key: str, fractions: tuple[float, float] = (0.9, 0.05)) -> str:
@@ -78,8 +107,9 @@ _VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")
 
 
 def bible_chapters() -> list[Document]:
-    require("bible-kjv-text", command="bible")
-    out = subprocess.run(["bible", "-f", "gen1:1-rev22:21"], capture_output=True, text=True, check=True).stdout
+    program = require("bible")
+    require("bible-text")
+    out = subprocess.run([program, "-f", "gen1:1-rev22:21"], capture_output=True, text=True, check=True).stdout
     chapters: dict[str, list[str]] = {}
     for line in out.splitlines():
         match = _VERSE.match(line.strip())
@@ -87,20 +117,31 @@ def bible_chapters() -> list[Document]:
             book, chapter, _, verse = match.groups()
             chapters.setdefault(f"{book} {chapter}", []).append(verse.strip())
     if len(chapters) < 1000:
-        raise MissingPackageError("`bible` printed too little text: reinstall with `sudo apt-get install bible-kjv-text`")
+        raise MissingPackageError(
+            "`bible` printed too little text: reinstall with `sudo apt-get install --reinstall bible-kjv bible-kjv-text`"
+        )
     return [Document(f"kjv/{name}", " ".join(verses), "kjv") for name, verses in chapters.items()]
 
 
-def fortunes() -> list[Document]:
-    """One document per fortune; the ASCII-art files are left out (they are pictures, not prose)."""
-    require("fortunes", path=FORTUNES_DIR)
-    docs = []
+def fortune_files() -> list[str]:
+    """The fortune files the corpus reads (the UTF-8 `.u8` copy where there is one); ASCII-art files are
+    left out (they are pictures, not prose)."""
+    require("fortunes")
+    files = []
     for path in sorted(glob.glob(os.path.join(FORTUNES_DIR, "*"))):
         name = os.path.basename(path)
         if "." in name or os.path.isdir(path) or name in ("art", "ascii-art"):
             continue
-        utf8 = path + ".u8"
-        with open(utf8 if os.path.exists(utf8) else path, encoding="utf-8", errors="replace") as f:
+        files.append(path + ".u8" if os.path.exists(path + ".u8") else path)
+    return files
+
+
+def fortunes() -> list[Document]:
+    """One document per fortune."""
+    docs = []
+    for path in fortune_files():
+        name = os.path.basename(path).removesuffix(".u8")
+        with open(path, encoding="utf-8", errors="replace") as f:
             chunks = re.split(r"^%\s*$", f.read(), flags=re.M)
         for i, chunk in enumerate(chunks):
             text = chunk.strip("\n")
@@ -140,7 +181,7 @@ DIGIT_TEMPLATES = (
 
 
 def emoji_images(size: int, scale: str = "full") -> list[CaptionedImage]:
-    require("fonts-noto-color-emoji", path=EMOJI_FONT)
+    require("emoji-font")
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.truetype(EMOJI_FONT, 109)  # the only size this bitmap font has
@@ -247,12 +288,20 @@ def speech_texts(scale: str = "full", max_words: int = 6) -> list[SpeechText]:
     return [t for t in unique.values() if keep_for_scale(t.key, scale, 0.06)]
 
 
+class AudioError(DataError):
+    """Bytes that are not 16-bit PCM WAV audio."""
+
+
 def parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    with wave.open(io.BytesIO(data)) as w:
-        rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
-        raw = w.readframes(w.getnframes())
+    """16-bit PCM WAV bytes -> (float32 mono in [-1, 1), sample rate); AudioError for anything else."""
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+            raw = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as e:
+        raise AudioError(f"not a WAV file ({e or 'empty'})") from None
     if width != 2:
-        raise ValueError(f"expected 16-bit PCM audio, got {8 * width}-bit")
+        raise AudioError(f"expected 16-bit PCM audio, got {8 * width}-bit")
     x = np.frombuffer(raw, np.int16).astype(np.float32) / 32768.0
     if channels > 1:
         x = x.reshape(-1, channels).mean(axis=1)
@@ -277,8 +326,7 @@ def trim_silence(x: np.ndarray, threshold: float = 0.01, pad: int = 800) -> np.n
 
 @functools.lru_cache(maxsize=1)
 def _espeak() -> str:
-    require("espeak-ng", command="espeak-ng")
-    return shutil.which("espeak-ng")  # type: ignore[return-value]
+    return require("espeak-ng")
 
 
 def synthesize(text: str, voice: str = "en-us", speed: int = 175, pitch: int = 50) -> np.ndarray:
@@ -318,7 +366,7 @@ class SpeechClip:
 
 def real_speech_clips() -> list[SpeechClip]:
     """The real recordings of pocketsphinx-testdata with their transcripts (a held-out set)."""
-    require("pocketsphinx-testdata", path=REAL_SPEECH_DIR)
+    require("real-speech")
     clips = []
     for listing in ("librivox/transcription", "cards/cards.transcription"):
         folder = os.path.join(REAL_SPEECH_DIR, os.path.dirname(listing))

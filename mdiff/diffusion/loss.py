@@ -30,12 +30,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mdiff.vocab import MODALITY_NAMES, Modality, UnifiedVocab
+from mdiff.vocab import CONTENT_MODALITIES, MODALITY_NAMES, Modality, UnifiedVocab
 from mdiff.diffusion.schedules import Schedule
 
 Batch = Mapping[str, jax.Array]
 LogitsFn = Callable[[jax.Array, Batch], jax.Array]
-MODALITIES = (Modality.TEXT, Modality.IMAGE, Modality.AUDIO)
 
 
 def sample_times(rng: jax.Array, batch_size: int, *, t_min: float, antithetic: bool) -> jax.Array:
@@ -49,7 +48,7 @@ def sample_times(rng: jax.Array, batch_size: int, *, t_min: float, antithetic: b
 
 def _per_modality(values: Callable[[Schedule], jax.Array], schedules: Mapping[Modality, Schedule], fill: float) -> jax.Array:
     """[B, 4] table (column = Modality id) of a per-schedule quantity; column NONE is `fill`."""
-    cols = [values(schedules[m]) for m in MODALITIES]
+    cols = [values(schedules[m]) for m in CONTENT_MODALITIES]
     return jnp.stack([jnp.full_like(cols[0], fill), *cols], axis=-1)
 
 
@@ -178,7 +177,7 @@ def _sums(per_position: jax.Array, masked: jax.Array, batch: Batch) -> dict[str,
     targets = batch["loss_mask"] > 0
     modality = batch["modality"]
     metrics: dict[str, jax.Array] = {}
-    for m in MODALITIES:
+    for m in CONTENT_MODALITIES:
         name = MODALITY_NAMES[m]
         in_m = modality == m
         metrics[f"nelbo_sum/{name}"] = jnp.sum(jnp.where(in_m, per_position, 0.0))

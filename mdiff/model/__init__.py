@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from mdiff.vocab import UnifiedVocab
+from mdiff.vocab import MODALITIES, UnifiedVocab
 from mdiff.model.scaling import resolve_shape
 from mdiff.model.transformer import DTYPES, ModelOptions, Transformer
 
@@ -42,7 +42,7 @@ def check_model_inputs(batch: dict, vocab: UnifiedVocab, max_len: int) -> None:
 
 def check_mask_id(vocab: UnifiedVocab) -> None:
     """The MASK id must not collide with any modality's ids (the loss and head rely on it)."""
-    for name in ("text", "image", "audio"):
+    for name in MODALITIES:
         lo, hi = vocab.range(name)
         if lo <= vocab.mask_id < hi:
             raise ValueError(f"vocab mask id {vocab.mask_id} lies inside the {name} range [{lo}, {hi})")

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mdiff.vocab import NUM_MODALITIES
+
 VOCAB_MULTIPLE = 128  # vocabulary rows are padded to this multiple (shardable over tensor axes)
-NUM_MODALITIES = 4  # Modality.NONE, TEXT, IMAGE, AUDIO
 
 
 class ShapeError(ValueError):

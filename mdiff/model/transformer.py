@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mdiff.vocab import UnifiedVocab
+from mdiff.vocab import NUM_MODALITIES, UnifiedVocab
 from mdiff.model.ops import swiglu
-from mdiff.model.scaling import NUM_MODALITIES, ModelShape, padded_vocab
+from mdiff.model.scaling import ModelShape, padded_vocab
 from mdiff.parallel import constrain
 from mdiff.parallel.defaults import LOGICAL_AXES
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from mdiff.sweeps_lib.define import SweepError
 from mdiff.sweeps_lib.expand import RunSpec
+from mdiff.vocab import MODALITIES
 
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.csv"
 METRIC_COLUMNS = ("params", "params_total", "tokens", "flops", "loss", "loss_text", "loss_image", "loss_audio")
-MODALITIES = ("text", "image", "audio")
 # Run states, from the sweep's point of view.
 COMPLETE, FAILED, RUNNING, PARTIAL, PENDING = "complete", "failed", "running", "partial", "pending"
 
