@@ -64,7 +64,12 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
 # train (issue 2 owns the argument handling; the loop lives in mdiff.train.loop)
 # ---------------------------------------------------------------------------------------------
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="FILE.py:VARIANT, e.g. experiments/quickstart.py:cpu-2")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="FILE.py:VARIANT, e.g. experiments/quickstart.py:cpu-2; without :VARIANT the file's first variant "
+        "(the first name in its VARIANTS) is used",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -76,6 +81,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def configure_train(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--workdir", required=True, help="run directory (config.json, metrics.jsonl, checkpoints/ ...)")
+    parser.epilog = (
+        "One trainer per workdir: a second `mdiff train` on a workdir in training is refused (a lock left by a "
+        "killed process is taken over). Exit status: 0 complete (also when it already was), 1 failed, 2 bad input, "
+        "75 preempted: stopped early by SIGTERM with a checkpoint saved; rerun the same command to resume."
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue a run in WORKDIR even if its config differs")
     mode.add_argument("--overwrite", action="store_true", help="delete the run in WORKDIR and start afresh")
@@ -84,15 +94,24 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from mdiff import rundir
     from mdiff.config import load_config
+    """Exit status: 0 complete, 1 failed, 2 bad input, 75 preempted (resumable: rerun the same command)."""
 
     config = load_config(args.config, args.overrides)
-    rundir.prepare_workdir(args.workdir, config, resume=args.resume, overwrite=args.overwrite)
+    mode = rundir.prepare_workdir(args.workdir, config, resume=args.resume, overwrite=args.overwrite)
     try:
-        from mdiff.train.loop import train_and_evaluate
-    except ModuleNotFoundError as e:
-        return _not_landed("train", e)
-    summary = train_and_evaluate(config, args.workdir)
-    return 0 if summary.get("status") in ("complete", "preempted") else 1
+        done = rundir.read_summary(args.workdir) if mode == "resume" else None
+        if done and done.get("status") == "complete" and not rundir.config_differences(rundir.read_config(args.workdir) or {}, rundir.config_dict(config)):
+            print(f"mdiff train: {args.workdir} is complete ({done.get('steps')} of {done.get('steps_planned')} steps); "
+                  "nothing to do (--overwrite trains it again)", file=sys.stderr)
+            return 0
+        try:
+            from mdiff.train.loop import train_and_evaluate
+        except ModuleNotFoundError as e:
+            return _not_landed("train", e)
+        summary = train_and_evaluate(config, args.workdir)
+        return rundir.EXIT_STATUS.get(summary.get("status"), 1)
+    finally:
+        rundir.release_workdir(args.workdir)
 
 
 # ---------------------------------------------------------------------------------------------

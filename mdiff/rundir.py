@@ -4,18 +4,29 @@
   so a killed run loses at most the record being written and never leaves a broken line behind.
   Readers still skip a torn last line (a machine crash can cut one) rather than fail.
 * `summary.json` and `config.json` are written atomically: temp file in the same folder, fsync, rename.
-* `prepare_workdir` decides, before anything is written, whether a run starts, continues or is refused.
+* `prepare_workdir` decides, before anything is written, whether a run starts, continues or is refused,
+  and takes the workdir's trainer lock (`LOCK_FILE`, an flock): one trainer per run directory. A lock
+  left by a killed process is taken over with a message; `--overwrite` of a run another live process
+  holds is refused; `lock_holder` tells readers and the sweep runner who holds it, without taking it.
+* Exit statuses of `mdiff train` (`EXIT_STATUS`): 0 complete, 1 failed, 2 bad input, 75 preempted
+  (stopped early by SIGTERM with a checkpoint saved; rerun the same command to resume).
 """
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
+import datetime
+import fcntl
 import json
 import math
 import os
 import pathlib
 import shutil
+import socket
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +37,10 @@ EVAL_FILE = "eval.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 STATUSES = ("complete", "failed", "preempted", "running")
+LOCK_FILE = ".lock"  # held (flock) by the one trainer of this run directory
+# The exit status of a trainer per final status; 75 is EX_TEMPFAIL (sysexits.h): "try again later".
+EXIT_PREEMPTED = 75
+EXIT_STATUS = {"complete": 0, "failed": 1, "preempted": EXIT_PREEMPTED}
 
 # Files an mdiff run writes; `--overwrite` only ever deletes a folder that holds config.json.
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_DIR)
@@ -243,20 +258,46 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def prepare_workdir(
     workdir: str | os.PathLike, config: Any, *, resume: bool = False, overwrite: bool = False
 ) -> str:
-    """Check the workdir before anything is written; return "new" or "resume".
+    """Check the workdir, take its trainer lock, and return "new" or "resume".
 
     * missing or empty: a new run.
     * a run of the same config: continue it (resume from its checkpoints).
     * a run of a different config: refused, unless `resume` (continue with the new config; the train
       loop checks the model shape against the checkpoint) or `overwrite` (delete the old run).
     * a non-empty folder that is not an mdiff run: refused, even with `overwrite`.
+    * a run another live process trains: refused (WorkdirBusy), with or without `overwrite`.
+
+    Every refusal comes before anything is written. The lock is held until `release_workdir` or the end
+    of the process; only process 0 of a multi-host job takes it (and deletes for `overwrite`).
     """
     if resume and overwrite:
         raise WorkdirError("--resume and --overwrite contradict each other; pass one")
     path = pathlib.Path(workdir)
+    decision = _decide(path, config, resume=resume, overwrite=overwrite)  # refusals first, writing nothing
+    if launcher_rank() != 0:
+        return "new" if decision == "overwrite" else decision
+    newly = acquire_workdir(path, overwrite=overwrite)
+    try:
+        decision = _decide(path, config, resume=resume, overwrite=overwrite)  # again, under the lock
+        if decision == "overwrite":
+            _clear_run(path)
+            return "new"
+        return decision
+    except BaseException:
+        if newly:
+            release_workdir(path)
+        raise
+
+
+def _run_entries(path: pathlib.Path) -> list[pathlib.Path]:
+    return [p for p in path.iterdir() if p.name != LOCK_FILE]
+
+
+def _decide(path: pathlib.Path, config: Any, *, resume: bool, overwrite: bool) -> str:
+    """"new", "resume" or "overwrite" for this workdir, or a WorkdirError; reads only."""
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"workdir {str(path)!r} is a file, not a directory")
-    if not path.exists() or not any(path.iterdir()):
+    if not path.exists() or not _run_entries(path):
         _check_writable(path)
         return "new"
     old = read_config(path) if (path / CONFIG_FILE).exists() else None
@@ -268,8 +309,7 @@ def prepare_workdir(
     diffs = config_differences(old, config_dict(config))
     if overwrite:
         _check_writable(path)
-        shutil.rmtree(path)
-        return "new"
+        return "overwrite"
     if diffs and not resume:
         shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
         raise WorkdirError(
@@ -280,7 +320,154 @@ def prepare_workdir(
     return "resume"
 
 
+def _clear_run(path: pathlib.Path) -> None:
+    """Delete the old run (everything but the lock this process holds)."""
+    for entry in _run_entries(path):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def _check_writable(path: pathlib.Path) -> None:
     probe = path if path.exists() else next((p for p in path.parents if p.exists()), pathlib.Path("/"))
     if not os.access(probe, os.W_OK | os.X_OK):
         raise WorkdirError(f"workdir {str(path)!r}: no permission to write in {str(probe)!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# One trainer per run directory: an flock on WORKDIR/.lock
+# ---------------------------------------------------------------------------------------------
+class WorkdirBusy(WorkdirError):
+    """Another live process trains in this workdir."""
+
+
+@dataclasses.dataclass
+class _HeldLock:
+    fd: int
+    created: pathlib.Path | None  # the top-most directory this lock had to create (removed if left empty)
+
+
+_HELD: dict[pathlib.Path, _HeldLock] = {}
+_BUSY_WAIT_S = 2.0  # a reader's probe (lock_holder) holds a shared lock for microseconds; do not mistake it
+
+
+def launcher_rank() -> int:
+    """This process's rank in a multi-host job, from the launcher's environment (readable before JAX starts)."""
+    env = os.environ
+    if env.get("MDIFF_COORDINATOR"):
+        return int(env.get("MDIFF_PROCESS_ID", "0") or 0)
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
+        return int(env.get("SLURM_PROCID", "0") or 0)
+    for key in ("MDIFF_PROCESS_INDEX", "TPU_WORKER_ID"):
+        if env.get(key, "").isdigit():
+            return int(env[key])
+    return 0
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    try:
+        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        return json.loads(text) if text else {}
+    except (OSError, json.JSONDecodeError):
+        return {"pid": "?"}
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    return f"process {holder.get('pid', '?')} on {holder.get('host', '?')} (since {holder.get('since', '?')})"
+
+
+def lock_holder(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """Who trains in `workdir` now ({"pid", "host", "since", "command"}), or None. Takes no lock, writes nothing."""
+    try:
+        fd = os.open(pathlib.Path(workdir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd) or {"pid": "?"}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def acquire_workdir(workdir: str | os.PathLike, *, overwrite: bool = False) -> bool:
+    """Take the trainer lock of `workdir` (creating the folder); True if newly taken, False if already ours.
+
+    A lock file left by a killed process (the kernel dropped its flock) is taken over with a message on
+    stderr; a live holder raises WorkdirBusy.
+    """
+    path = pathlib.Path(workdir).absolute()
+    if path in _HELD:
+        return False
+    created = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / LOCK_FILE
+    deadline = time.monotonic() + _BUSY_WAIT_S
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            action = "--overwrite refused" if overwrite else "not started"
+            raise WorkdirBusy(
+                f"workdir {str(workdir)!r} is being trained by {_describe(holder)}: {action}; "
+                "wait for it to finish or stop it (SIGTERM checkpoints it)"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file between our open and flock: take the new one
+    previous = _read_holder(fd)
+    if previous:
+        print(
+            f"mdiff: workdir {str(workdir)!r}: taking over the lock left by {_describe(previous)}, "
+            "which is no longer running",
+            file=sys.stderr,
+        )
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    os.fsync(fd)
+    _HELD[path] = _HeldLock(fd, created)
+    return True
+
+
+def release_workdir(workdir: str | os.PathLike) -> None:
+    """Drop this process's lock on `workdir` (removing the lock file, and the folder if it made it and it is empty)."""
+    path = pathlib.Path(workdir).absolute()
+    held = _HELD.pop(path, None)
+    if held is None:
+        return
+    (path / LOCK_FILE).unlink(missing_ok=True)  # still locked: no other process can hold this inode
+    os.close(held.fd)
+    if held.created is not None:
+        for folder in [path, *path.parents]:
+            try:
+                folder.rmdir()  # only empty folders go
+            except OSError:
+                break
+            if folder == held.created:
+                break
+
+
+@atexit.register
+def _release_all() -> None:
+    for path in list(_HELD):
+        release_workdir(path)

@@ -78,3 +78,24 @@ def test_overrides_split_from_other_arguments():
 def test_python_dash_m_and_console_script_agree():
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("mdiff ")
+
+
+def test_train_on_a_complete_run_says_so_and_changes_nothing(tmp_path, capsys):
+    from mdiff import rundir
+    from mdiff.config import load_config
+
+    work = tmp_path / "run"
+    rundir.write_config(work, load_config(f"{TINY}:small"))
+    rundir.write_summary(work, {"status": "complete", "steps": 12, "steps_planned": 12})
+    before = {p.name: p.read_bytes() for p in work.iterdir()}
+    assert cli.main(["train", "--config", f"{TINY}:small", "--workdir", str(work)]) == 0
+    err = capsys.readouterr().err
+    assert "is complete (12 of 12 steps); nothing to do" in err
+    assert {p.name: p.read_bytes() for p in work.iterdir()} == before  # no lock left, nothing rewritten
+
+
+def test_train_help_documents_the_lock_exit_statuses_and_variant_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "75 preempted" in out and "One trainer per workdir" in out and "first variant" in out

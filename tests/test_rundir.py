@@ -97,6 +97,8 @@ CONFIG = {"model": {"width": 64}, "train": {"batch": 8, "progress": True}}
 def test_prepare_workdir_new_same_and_different(tmp_path):
     work = tmp_path / "run"
     assert rundir.prepare_workdir(work, CONFIG) == "new"
+    rundir.release_workdir(work)
+    assert not work.exists()  # the lock's folder goes with it when nothing was written
     work.mkdir()
     assert rundir.prepare_workdir(work, CONFIG) == "new"  # empty folder
     rundir.write_config(work, CONFIG)
@@ -109,7 +111,9 @@ def test_prepare_workdir_new_same_and_different(tmp_path):
     assert rundir.prepare_workdir(work, other, resume=True) == "resume"
     assert rundir.read_config(work) == CONFIG  # refusing or resuming rewrote nothing
     assert rundir.prepare_workdir(work, other, overwrite=True) == "new"
-    assert not work.exists()
+    assert [p.name for p in work.iterdir()] == [rundir.LOCK_FILE]  # the old run is gone; the lock stays held
+    rundir.release_workdir(work)
+    assert list(work.iterdir()) == []
 
 
 def test_prepare_workdir_refuses_foreign_folders(tmp_path):
@@ -128,3 +132,79 @@ def test_prepare_workdir_unwritable(tmp_path):
     locked.mkdir(mode=0o500)
     with pytest.raises(WorkdirError, match="no permission"):
         rundir.prepare_workdir(locked / "run", CONFIG)
+
+
+# ---------------------------------------------------------------------------------------------
+# One trainer per run directory
+# ---------------------------------------------------------------------------------------------
+HOLDER = """
+import sys, time
+from mdiff import rundir
+rundir.prepare_workdir(sys.argv[1], {config!r})
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _hold(work) -> subprocess.Popen:
+    """Another process that takes `work`'s trainer lock (as `mdiff train` does) and keeps it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(config=CONFIG), str(work)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _tree(path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(path.rglob("*"))}
+
+
+def test_a_second_trainer_and_overwrite_are_refused_while_one_runs(tmp_path):
+    work = tmp_path / "run"
+    rundir.write_config(work, CONFIG)
+    (work / rundir.METRICS_FILE).write_text('{"step": 1}\n')
+    proc = _hold(work)
+    try:
+        before = _tree(work)
+        holder = rundir.lock_holder(work)
+        assert holder["pid"] == proc.pid and holder["host"]
+        with pytest.raises(rundir.WorkdirBusy, match=rf"being trained by process {proc.pid} on .*not started"):
+            rundir.prepare_workdir(work, CONFIG)
+        with pytest.raises(rundir.WorkdirBusy, match=rf"process {proc.pid} .*--overwrite refused"):
+            rundir.prepare_workdir(work, CONFIG, overwrite=True)
+        assert _tree(work) == before  # the running run lost nothing, and nothing was written
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_lock_left_by_a_killed_trainer_is_taken_over_with_a_message(tmp_path, capsys):
+    work = tmp_path / "run"
+    rundir.write_config(work, CONFIG)
+    proc = _hold(work)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (work / rundir.LOCK_FILE).exists() and rundir.lock_holder(work) is None  # left behind, but held by no one
+    try:
+        assert rundir.prepare_workdir(work, CONFIG) == "resume"
+        err = capsys.readouterr().err
+        assert f"taking over the lock left by process {proc.pid}" in err and "no longer running" in err
+        assert rundir.lock_holder(work)["pid"] == os.getpid()
+    finally:
+        rundir.release_workdir(work)
+    assert not (work / rundir.LOCK_FILE).exists() and rundir.read_config(work) == CONFIG
+
+
+def test_refused_workdir_keeps_no_lock(tmp_path):
+    work = tmp_path / "run"
+    rundir.write_config(work, {"model": {"width": 1}})
+    with pytest.raises(WorkdirError, match="different config"):
+        rundir.prepare_workdir(work, CONFIG)
+    assert sorted(p.name for p in work.iterdir()) == [rundir.CONFIG_FILE] and rundir.lock_holder(work) is None
+
+
+def test_only_process_zero_takes_the_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert rundir.launcher_rank() == 1
+    assert rundir.prepare_workdir(tmp_path / "run", CONFIG) == "new"
+    assert not (tmp_path / "run").exists()
