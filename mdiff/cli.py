@@ -79,22 +79,22 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    parser.add_argument("--workdir", required=True, help="run directory (config.json, metrics.jsonl, checkpoints/ ...)")
     parser.epilog = (
         "One trainer per workdir: a second `mdiff train` on a workdir in training is refused (a lock left by a "
         "killed process is taken over). Exit status: 0 complete (also when it already was), 1 failed, 2 bad input, "
         "75 preempted: stopped early by SIGTERM with a checkpoint saved; rerun the same command to resume."
     )
+    add_config_arguments(parser)
+    parser.add_argument("--workdir", required=True, help="run directory (config.json, metrics.jsonl, checkpoints/ ...)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue a run in WORKDIR even if its config differs")
     mode.add_argument("--overwrite", action="store_true", help="delete the run in WORKDIR and start afresh")
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Exit status: 0 complete, 1 failed, 2 bad input, 75 preempted (resumable: rerun the same command)."""
     from mdiff import rundir
     from mdiff.config import load_config
-    """Exit status: 0 complete, 1 failed, 2 bad input, 75 preempted (resumable: rerun the same command)."""
 
     config = load_config(args.config, args.overrides)
     mode = rundir.prepare_workdir(args.workdir, config, resume=args.resume, overwrite=args.overwrite)
