@@ -150,7 +150,8 @@ def _cmd_emit(args: argparse.Namespace) -> int:
     for path in emit(sw, runs, sweep_dir, args.launcher, options):
         print(f"wrote {path}")
     if args.launcher == "slurm":
-        print(f"submit with: sbatch {sweep_dir / 'launch' / 'slurm.sh'}; then: mdiff sweep status {sweep_dir}")
+        print(f"submit with: sbatch {shlex.quote(str(sweep_dir / 'launch' / 'slurm.sh'))}; "
+              f"then: mdiff sweep status {shlex.quote(str(sweep_dir))}")
     return 0
 
 

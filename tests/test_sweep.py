@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import pathlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -36,6 +37,11 @@ if overrides.get("seed") == "13":
     print("Traceback (most recent call last):\nValueError: seed 13 is unlucky", file=sys.stderr)
     sys.exit(1)
 workdir.mkdir(parents=True, exist_ok=True)
+if os.environ.get("FAKE_PREEMPT") and not (workdir / "preempted_once").exists():  # SIGTERM'd once, like a real run
+    (workdir / "preempted_once").write_text("1")
+    (workdir / "config.json").write_text(json.dumps(overrides))
+    (workdir / "summary.json").write_text(json.dumps({"status": "preempted"}))
+    sys.exit(75)
 resumed = (workdir / "config.json").exists()
 (workdir / "config.json").write_text(json.dumps(overrides))
 tokens = int(float(overrides.get("train.tokens", 4096)))
@@ -388,3 +394,82 @@ def test_cli(env, capsys, monkeypatch):
     assert "unknown variant 'b'" in capsys.readouterr().err
     assert main(["sweep", "emit", f"{sweep_file}:a", "--out", str(env / "o"), "--launcher", "list"]) == 0
     assert (env / "o" / "launch" / "commands.txt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption (exit 75), the run lock, paths with spaces
+# ---------------------------------------------------------------------------------------------
+def test_runner_requeues_a_preempted_point(env, monkeypatch):
+    monkeypatch.setenv("FAKE_PREEMPT", "1")
+    s = tiny_sweep(env, widths=(32,), tokens=(4096, 8192))
+    outcome = msweep.run_sweep(s, env / "sw", parallel=2, entry=entry(env), progress=None, poll_s=0.05)
+    names = sorted(r.name for r in msweep.expand(s))
+    assert outcome.ok and sorted(outcome.complete) == names and sorted(outcome.requeued) == names
+    assert sorted(starts(env)) == sorted(names * 2)  # each ran twice: preempted, then resumed
+    assert all(json.loads((env / "sw" / "runs" / n / "summary.json").read_text())["resumed"] for n in names)
+
+
+HOLD_LOCK = """
+import sys, time
+from mdiff import rundir
+rundir.acquire_workdir(sys.argv[1])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_runner_leaves_a_point_whose_run_another_trainer_holds(env):
+    s = tiny_sweep(env, widths=(32,), tokens=(4096, 8192))
+    names = [r.name for r in msweep.expand(s)]
+    held = env / "sw" / "runs" / names[0]
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        outcome = msweep.run_sweep(s, env / "sw", entry=entry(env), progress=None, poll_s=0.05)
+        assert outcome.elsewhere == [names[0]] and outcome.complete == [names[1]] and not outcome.ok
+        assert starts(env) == [names[1]]
+        assert msweep.sweep_status(env / "sw") == {"running": [names[0]], "complete": [names[1]]}
+    finally:
+        proc.kill()
+        proc.wait()
+    assert msweep.sweep_status(env / "sw")[state.PARTIAL] == [names[0]]  # its stale lock file holds no one
+
+
+def test_emit_with_spaces_and_requeue_on_preemption(env, capsys, monkeypatch):
+    """A sweep directory with spaces: quoted #SBATCH --output and submit command; exit 75 requeues the task."""
+    from mdiff.cli import main
+
+    sweep_file = env / "my sweep.py"
+    sweep_file.write_text(textwrap.dedent(f'''
+        from mdiff.sweep import Sweep, sweep
+        VARIANTS = ("a",)
+        def get_sweep(variant):
+            return Sweep(config="{env}/exp.py:tiny", points=sweep("model.width", [32, 64]))
+    '''))
+    out = env / "my pod" / "o'brien"
+    assert main(["sweep", "emit", f"{sweep_file}:a", "--out", str(out), "--python", str(env / "fakepy")]) == 0
+    printed = capsys.readouterr().out
+    submit = printed.split("submit with: ", 1)[1].split("; then: ")
+    assert shlex.split(submit[0]) == ["sbatch", str(out / "launch" / "slurm.sh")]
+    assert shlex.split(submit[1]) == ["mdiff", "sweep", "status", str(out)]
+    script_path = out / "launch" / "slurm.sh"
+    script = script_path.read_text()
+    output_line = next(line for line in script.splitlines() if line.startswith("#SBATCH --output="))
+    assert shlex.split(output_line[len("#SBATCH "):]) == [f"--output={out}/logs/%x-%A_%a.log"]
+    assert "#SBATCH --requeue" in script and "#SBATCH --signal=TERM@300" in script
+    subprocess.run(["bash", "-n", str(script_path)], check=True)
+
+    (env / "bin").mkdir()
+    (env / "bin" / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    (env / "bin" / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {shlex.quote(str(env / "scontrol.txt"))}\n')
+    (env / "fakepy").write_text(f'#!/bin/bash\nshift 2\nexec {sys.executable} {env}/fake_train.py "$@"\n')
+    for p in (env / "bin" / "srun", env / "bin" / "scontrol", env / "fakepy"):
+        p.chmod(0o755)
+    run_env = {**os.environ, "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "1",
+               "PATH": f"{env}/bin:{os.environ['PATH']}", "FAKE_PREEMPT": "1"}
+    first = subprocess.run(["bash", str(script_path)], env=run_env, capture_output=True, text=True)
+    assert first.returncode == 75 and "requeueing 77_1" in first.stdout
+    assert (env / "scontrol.txt").read_text() == "requeue 77_1\n"
+    second = subprocess.run(["bash", str(script_path)], env=run_env, capture_output=True, text=True)
+    assert second.returncode == 0 and (env / "scontrol.txt").read_text() == "requeue 77_1\n"
+    assert json.loads((out / "runs" / "width-64" / "summary.json").read_text())["status"] == "complete"

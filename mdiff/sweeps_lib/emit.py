@@ -3,6 +3,9 @@
 Each array task is one sweep point, run as a multi-host JAX job: `srun` starts one process per node and
 `jax.distributed.initialize()` finds the coordinator, process count and index in SLURM's environment.
 A task whose run is already complete exits at once, so resubmitting the array resumes the sweep.
+SLURM sends SIGTERM `term_before_s` seconds before the time limit (`--signal`); the trainer saves a
+checkpoint and exits 75 (`rundir.EXIT_PREEMPTED`), and the task requeues itself (`scontrol requeue`) to
+resume from it. Paths are shell-quoted everywhere (sbatch reads `#SBATCH` lines with the same quoting).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import pathlib
 import shlex
 import sys
 
+from mdiff.rundir import EXIT_PREEMPTED
 from mdiff.sweeps_lib import state
 from mdiff.sweeps_lib.define import Sweep, SweepError
 from mdiff.sweeps_lib.expand import REPO_ROOT, RunSpec
@@ -28,6 +32,7 @@ class SlurmOptions:
     account: str = ""
     max_concurrent: int = 0  # 0 -> no limit (the `%N` of --array)
     python: str = ""  # "" -> the interpreter running `mdiff sweep emit`
+    term_before_s: int = 300  # SIGTERM this long before the time limit: time to save a checkpoint
 
 
 def point_commands(runs: list[RunSpec], sweep: Sweep, sweep_dir: pathlib.Path, python: str) -> list[list[str]]:
@@ -58,7 +63,9 @@ def slurm_script(runs: list[RunSpec], sweep: Sweep, sweep_dir: pathlib.Path, opt
         f"#SBATCH --nodes={nodes}",
         "#SBATCH --ntasks-per-node=1",
         f"#SBATCH --time={options.time}",
-        f"#SBATCH --output={sweep_dir / 'logs'}/%x-%A_%a.log",
+        f"#SBATCH --output={shlex.quote(str(sweep_dir / 'logs') + '/%x-%A_%a.log')}",
+        "#SBATCH --requeue",
+        f"#SBATCH --signal=TERM@{options.term_before_s}",
     ]
     if options.gpus_per_node:
         header.append(f"#SBATCH --gpus-per-node={options.gpus_per_node}")
@@ -81,7 +88,13 @@ def slurm_script(runs: list[RunSpec], sweep: Sweep, sweep_dir: pathlib.Path, opt
         '  echo "$NAME is complete; nothing to do"; exit 0',
         "fi",
         'echo "sweep point $SLURM_ARRAY_TASK_ID: $NAME on $SLURM_JOB_NUM_NODES node(s)"',
-        'srun --ntasks-per-node=1 --kill-on-bad-exit=1 "${CMD[@]}"',
+        "rc=0",
+        'srun --ntasks-per-node=1 --kill-on-bad-exit=1 "${CMD[@]}" || rc=$?',
+        f'if [ "$rc" -eq {EXIT_PREEMPTED} ]; then  # stopped early with a checkpoint: run this task again',
+        '  echo "$NAME was preempted (exit $rc); requeueing ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} to resume it"',
+        '  scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+        "fi",
+        'exit "$rc"',
     ]
     return "\n".join(header + [""] + body) + "\n"
 

@@ -3,6 +3,9 @@
 * Complete runs (summary.json status complete) are skipped; partial ones continue from their checkpoints
   (`mdiff train` resumes a workdir that holds the same config).
 * A failed run is recorded (logs/<name>.failed.json: exit code and the error's last lines) and the others go on.
+* A run that exits 75 (`rundir.EXIT_PREEMPTED`: stopped early by SIGTERM, checkpoint saved) is requeued
+  and resumes, up to MAX_REQUEUES times per call.
+* A point whose run directory is locked by a live trainer (`rundir.lock_holder`) is left to it.
 * If the runner dies, its children get SIGTERM (Linux parent-death signal), so a rerun never races an
   orphan; a pid file per running point stops two runners from training the same point at once.
 * results.csv is rewritten atomically whenever a run finishes.
@@ -21,11 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from mdiff.rundir import EXIT_PREEMPTED
 from mdiff.sweeps_lib import state
 from mdiff.sweeps_lib.define import Sweep, SweepError
 from mdiff.sweeps_lib.expand import REPO_ROOT, RunSpec, expand, load_sweep
 
 DEFAULT_ENTRY: tuple[str, ...] | None = None  # None: `python -m <the sweep's module>`; tests substitute a fake
+MAX_REQUEUES = 3  # preempted (exit 75) restarts of one point per run_sweep call
 
 
 @dataclasses.dataclass
@@ -38,11 +43,13 @@ class Outcome:
     skipped: list[str] = dataclasses.field(default_factory=list)  # already complete before this call
     elsewhere: list[str] = dataclasses.field(default_factory=list)  # being trained by another runner
     started: list[str] = dataclasses.field(default_factory=list)
+    requeued: list[str] = dataclasses.field(default_factory=list)  # preempted (exit 75) and started again
+    partial: list[str] = dataclasses.field(default_factory=list)  # preempted more than MAX_REQUEUES times
     interrupted: bool = False
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.interrupted and not self.elsewhere
+        return not self.failed and not self.interrupted and not self.elsewhere and not self.partial
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +139,7 @@ def _finish(active: _Active, sweep_dir: pathlib.Path) -> str:
     if summary.get("status") == state.COMPLETE:
         failed_file.unlink(missing_ok=True)
         return state.COMPLETE
-    if rc == 0 and summary.get("status") == "preempted":
+    if rc == EXIT_PREEMPTED and summary.get("status") == "preempted":
         return state.PARTIAL
     record = {
         "status": "failed",
@@ -182,6 +189,9 @@ def run_sweep(
         while todo or active:
             while todo and len(active) < parallel:
                 run = todo.pop(0)
+                if state.run_state(sweep_dir, run.name) == state.RUNNING:  # taken by another trainer meanwhile
+                    outcome.elsewhere.append(run.name)
+                    continue
                 active.append(_start(run, sweep_dir, sweep.common, entry, child_env))
                 outcome.started.append(run.name)
                 progress.event(f"start {run.name}")
@@ -191,6 +201,13 @@ def run_sweep(
                 result = _finish(a, sweep_dir)
                 {state.COMPLETE: outcome.complete, state.FAILED: outcome.failed}.get(result, []).append(a.run.name)
                 progress.event(f"{result} {a.run.name} ({time.monotonic() - a.started:.0f}s)")
+                if result == state.PARTIAL:  # preempted with a checkpoint: resume it
+                    if outcome.requeued.count(a.run.name) < MAX_REQUEUES:
+                        outcome.requeued.append(a.run.name)
+                        todo.append(a.run)
+                        progress.event(f"requeue {a.run.name} (preempted, exit {EXIT_PREEMPTED})")
+                    else:
+                        outcome.partial.append(a.run.name)
                 state.write_results(sweep_dir)
                 if on_finish:
                     on_finish(a.run.name, result)
@@ -300,6 +317,8 @@ class Progress:
             self._write(f"  failed: {name} (exit {record.get('returncode')}): {last}", newline=True)
         for name in outcome.elsewhere:
             self._write(f"  {name} is being trained by another process; not started here", newline=True)
+        for name in outcome.partial:
+            self._write(f"  {name} was preempted {MAX_REQUEUES + 1} times; rerun to resume it", newline=True)
 
 
 def _clock(seconds: float) -> str:

@@ -4,7 +4,8 @@ Layout (DESIGN.md "Sweep directory"):
     DIR/sweep.json           the expanded grid (the definition a rerun must match)
     DIR/runs/<name>/         run directories (summary.json says complete / failed / preempted)
     DIR/logs/<name>.log      each run's stdout and stderr
-    DIR/logs/<name>.pid      present while a runner process trains the point
+    DIR/logs/<name>.pid      present while a runner process trains the point (the run's own lock,
+                             runs/<name>/.lock, also marks it running, whoever started it)
     DIR/logs/<name>.failed.json   the last failure: exit code and the error's last lines
     DIR/results.csv          one row per run
 """
@@ -152,10 +153,13 @@ def running_pid(sweep_dir: pathlib.Path, name: str) -> int | None:
 
 
 def run_state(sweep_dir: pathlib.Path, name: str) -> str:
+    """complete, running (a runner's child or any trainer holding the run's lock), failed, partial or pending."""
+    from mdiff.rundir import lock_holder
+
     summary = read_json(run_dir(sweep_dir, name) / "summary.json") or {}
     if summary.get("status") == COMPLETE:
         return COMPLETE
-    if running_pid(sweep_dir, name) is not None:
+    if running_pid(sweep_dir, name) is not None or lock_holder(run_dir(sweep_dir, name)) is not None:
         return RUNNING
     if summary.get("status") == "failed" or log_path(sweep_dir, name, ".failed.json").exists():
         return FAILED
