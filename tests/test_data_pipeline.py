@@ -213,3 +213,61 @@ def test_stream_order_is_a_permutation_per_epoch(n, monkeypatch):
         order = [pipeline.stream_index(n, 0, 1, g) for g in range(2 * n)]
         assert sorted(order[:n]) == list(range(n)) and sorted(order[n:]) == list(range(n))
         assert n < 10 or order[:n] != order[n:]  # reshuffled every epoch
+
+
+# -- what is a target: real content only (slot fill is given unless data.fill_targets) -----------------
+def _record_example(task, target, condition, fill_targets=False):
+    from mdiff.data.corpus import synthetic_corpus
+    from mdiff.data.pipeline import multimodal_example
+
+    corpus = synthetic_corpus()
+    stream = "image" if task in ("t2i", "i2t") else "audio"
+    text, other = (condition, target) if task in ("t2i", "t2s") else (target, condition)
+    record = (np.asarray(other, np.int32), np.asarray(text, np.int32))  # (image/audio ids, text ids)
+    return corpus, multimodal_example(corpus, stream, record, task, fill_targets=fill_targets)
+
+
+@pytest.mark.parametrize("fill_targets", [False, True])
+def test_caption_targets_are_its_tokens_and_one_end_id(fill_targets):
+    # Text slot 6, caption of 2 tokens: targets = 2 tokens + the end-of-document id that ends it (3);
+    # the 3 fill ids after it are given (0) or, with fill_targets, fill targets (2).
+    corpus, ex = _record_example("s2t", target=[3, 4], condition=[1, 2, 3, 4], fill_targets=fill_targets)
+    span = ex["loss_mask"][-7:-1]  # the text slot, before END_TEXT
+    fill = 2 if fill_targets else 0
+    assert span.tolist() == [1, 1, 1, fill, fill, fill]
+    eod = corpus.vocab.to_global(np.array([corpus.text_eod]), Modality.TEXT)[0]
+    assert ex["tokens"][-7:-1].tolist()[2:] == [eod] * 4
+    assert ex["cond_mask"][-7:-1].sum() == 0  # fill is not a condition either (never dropped)
+
+
+def test_audio_targets_are_the_clip_codes_only():
+    corpus, ex = _record_example("t2s", target=[5, 6, 7, 8], condition=[1, 2])  # audio slot 10, clip of 4
+    span = ex["loss_mask"][-11:-1]
+    assert span.tolist() == [1] * 4 + [0] * 6
+
+
+def test_a_full_slot_is_all_targets():
+    corpus, ex = _record_example("s2t", target=list(range(1, 20)), condition=[1, 2])  # caption cut to 5 + end id
+    assert ex["loss_mask"][-7:-1].tolist() == [1] * 6
+    corpus, ex = _record_example("t2s", target=list(range(1, 30)), condition=[1, 2])  # clip cut to the slot
+    assert ex["loss_mask"][-11:-1].tolist() == [1] * 10
+
+
+def test_every_caption_target_span_ends_with_its_single_end_id():
+    # Over the whole stream: in each i2t/s2t text target span exactly one end-of-document id is a
+    # target, and it is the last target (fill after it is never a target).
+    pipeline = make_pipeline(synthetic_config(batch=8, seq_len=64, mix=(0.0, 0.5, 0.5)), process_index=0, process_count=1)
+    vocab = pipeline.vocab
+    eod = vocab.to_global(np.array([pipeline.corpus.text_eod]), Modality.TEXT)[0]
+    spans = 0
+    for batch in take(pipeline, 4):
+        for tokens, seg, loss, mod in zip(batch["tokens"], batch["segment_ids"], batch["loss_mask"], batch["modality"]):
+            for s in np.unique(seg[seg > 0]):
+                where = (seg == s) & (loss > 0) & (mod == Modality.TEXT)
+                if not where.any():
+                    continue
+                spans += 1
+                target_tokens = tokens[where]
+                assert np.sum(target_tokens == eod) == 1 and target_tokens[-1] == eod
+                assert np.all(loss[where] == 1)
+    assert spans > 10

@@ -274,3 +274,21 @@ def test_same_transformer_same_mean_nelbo_under_every_schedule():
     (m0, s0) = estimates["linear"]
     for name, (m, s) in estimates.items():
         assert abs(m - m0) < 4 * math.hypot(s, s0), (estimates, name)
+
+
+@pytest.mark.parametrize("fill_targets", [False, True])
+def test_slot_fill_is_a_target_only_when_asked_and_its_share_is_reported(fill_targets):
+    # Rows of 12 text positions whose last 4 are slot fill: given (loss_mask 0: never masked, not
+    # counted) by default; with the fill option (loss_mask 2) they are targets and their share is 4/12.
+    data = text_batch(64, 12)
+    data["loss_mask"][:, -4:] = 2 if fill_targets else 0
+    data = {k: jnp.asarray(v) for k, v in data.items()}
+    noisy, _, m = noisy_inputs(data, jax.random.key(0), schedules=uniform_schedules("linear"), t_min=0.4)
+    out = per_token_metrics(jax.device_get(m))
+    assert float(m["count/text"]) == 64 * (12 if fill_targets else 8)
+    if fill_targets:
+        assert out["fill_share/text"] == pytest.approx(4 / 12)
+        assert np.any(np.asarray(noisy)[:, -4:] == VOCAB.mask_id)
+    else:
+        assert "fill_share/text" not in out
+        assert not np.any(np.asarray(noisy)[:, -4:] == VOCAB.mask_id)

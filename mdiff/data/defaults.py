@@ -40,6 +40,9 @@ def data_defaults() -> ml_collections.ConfigDict:
             ),
             # Fixed target/condition spans: text slot (captions, transcripts) and audio slot, in tokens.
             slots=dict(text=24, audio=80),
+            # Slot fill (text after a caption's end id, audio after a clip) is given, not a target;
+            # True counts it as targets (logged as fill_share/<modality>). See mdiff.data.layout.
+            fill_targets=False,
             # espeak-ng voices used to synthesise speech (comma separated), speeds (wpm) and pitches.
             voices="en-us,en,en-us+f3,en-gb-scotland,en-us+m7,en-029",  # "en" is British English
             speeds="140,175,210",

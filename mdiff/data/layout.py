@@ -5,8 +5,10 @@ A batch is a dict of int32 arrays, each [batch, seq_len]:
 * ``tokens``      clean ids in the unified vocabulary (PAD where nothing is).
 * ``modality``    `Modality` of each position (NONE for specials and padding). Drives the model's
                   modality embedding, the per-modality losses and the head's logit restriction.
-* ``loss_mask``   1 where the position is generated: the forward process may mask it and the ELBO
-                  counts it. Conditions, specials and padding are 0.
+* ``loss_mask``   > 0 where the position is a *target*: the forward process may mask it and the
+                  ELBO counts it. 1 = real content (`TARGET`); 2 = slot fill counted as a target
+                  only under the off-by-default `data.fill_targets` option (`FILL_TARGET`), so its
+                  share can be logged. Conditions, specials, padding and (by default) slot fill are 0.
 * ``cond_mask``   1 at the condition's content (given, never masked; dropped for classifier-free
                   guidance by replacing it with MASK).
 * ``segment_ids`` 1, 2, ... per packed example or document; 0 for padding. Attention never crosses
@@ -23,7 +25,11 @@ Layouts, one segment each::
     t2s / s2t likewise with BEGIN_AUDIO/END_AUDIO.
 
 Target spans have a fixed length per task (image tokens per image; a text or audio slot filled up
-by the tokenizer's own end/silence token), so a sampler knows exactly which positions to generate.
+by the tokenizer's own end/silence token). Only real content is a target: a caption's tokens plus the
+one end-of-document id that ends it (as in the text stream), an audio clip's codes. The fill after it
+is given (visible, never masked, loss_mask 0), so the loss is nats per real token and the model is
+told the content's length, like a condition. `data.fill_targets=True` restores fill as targets
+(loss_mask 2; the share is logged as `fill_share/<modality>`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import numpy as np
 from mdiff.vocab import TASKS, Modality, UnifiedVocab, VocabError
 
 BATCH_KEYS = ("tokens", "modality", "loss_mask", "cond_mask", "segment_ids", "positions")
+TARGET = 1  # loss_mask of a real-content target
+FILL_TARGET = 2  # loss_mask of slot fill counted as a target (data.fill_targets only)
 
 
 class LayoutError(ValueError):
@@ -54,8 +62,14 @@ def layout_example(
     condition: np.ndarray | None = None,
     *,
     segment_id: int = 1,
+    target_content: int | None = None,
+    fill_targets: bool = False,
 ) -> dict[str, np.ndarray]:
-    """One example as per-position arrays (unpadded). `target`/`condition` hold unified ids."""
+    """One example as per-position arrays (unpadded). `target`/`condition` hold unified ids.
+
+    `target_content` < len(target) marks target[target_content:] as slot fill: loss_mask 0 (given),
+    or FILL_TARGET with `fill_targets`. None: the whole target is real content.
+    """
     if task not in TASKS:
         raise LayoutError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
     _, cond_modality, target_modality = TASKS[task]
@@ -75,10 +89,14 @@ def layout_example(
         pieces.append((target, target_modality, 1, 0))
     tokens = np.concatenate([p[0] for p in pieces]).astype(np.int32)
     n = len(tokens)
+    loss_mask = np.concatenate([np.full(len(p[0]), p[2], np.int32) for p in pieces])
+    if target_content is not None and target_content < len(target):
+        end = n - (1 if cond_modality is not None else 0)  # the target ends before its END marker
+        loss_mask[end - (len(target) - target_content) : end] = FILL_TARGET if fill_targets else 0
     return {
         "tokens": tokens,
         "modality": np.concatenate([np.full(len(p[0]), p[1], np.int32) for p in pieces]),
-        "loss_mask": np.concatenate([np.full(len(p[0]), p[2], np.int32) for p in pieces]),
+        "loss_mask": loss_mask,
         "cond_mask": np.concatenate([np.full(len(p[0]), p[3], np.int32) for p in pieces]),
         "segment_ids": np.full(n, segment_id, np.int32),
         "positions": np.arange(n, dtype=np.int32),

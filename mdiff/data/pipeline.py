@@ -81,20 +81,33 @@ def fit_slot(ids: np.ndarray, slot: int, fill: int, *, keep_end: bool) -> np.nda
     return out
 
 
-def multimodal_example(corpus: Corpus, stream: str, record: Any, task: str) -> dict[str, np.ndarray]:
-    """Lay out one image-text or audio-text record as `task` (unified ids, unpadded)."""
+def slot_content(n: int, slot: int, *, keep_end: bool) -> int:
+    """Real positions of `n` ids fitted to `slot` by `fit_slot`: the kept ids, plus the end id with `keep_end`."""
+    return min(n, slot - 1) + 1 if keep_end else min(n, slot)
+
+
+def multimodal_example(
+    corpus: Corpus, stream: str, record: Any, task: str, *, fill_targets: bool = False
+) -> dict[str, np.ndarray]:
+    """Lay out one image-text or audio-text record as `task` (unified ids, unpadded).
+
+    Only the target's real content is a target; its slot fill is given (see mdiff.data.layout).
+    """
     vocab = corpus.vocab
     target_ids, text_ids = record
     text = vocab.to_global(fit_slot(text_ids, corpus.text_slot, corpus.text_eod, keep_end=True), Modality.TEXT)
+    text_content = slot_content(len(text_ids), corpus.text_slot, keep_end=True)
     if stream == "image":
         other = vocab.to_global(np.asarray(target_ids, np.int32)[: corpus.image_tokens], Modality.IMAGE)
         if len(other) != corpus.image_tokens:
             raise LayoutError(f"image record has {len(target_ids)} tokens; the tokenizer gives {corpus.image_tokens}")
+        other_content = len(other)
     else:
         other = vocab.to_global(fit_slot(target_ids, corpus.audio_slot, corpus.audio_fill, keep_end=False), Modality.AUDIO)
+        other_content = slot_content(len(target_ids), corpus.audio_slot, keep_end=False)
     if task in ("t2i", "t2s"):
-        return layout_example(vocab, task, other, text)
-    return layout_example(vocab, task, text, other)
+        return layout_example(vocab, task, other, text, target_content=other_content, fill_targets=fill_targets)
+    return layout_example(vocab, task, text, other, target_content=text_content, fill_targets=fill_targets)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +191,9 @@ class Lane:
                     n = room - 1  # what would remain fits nothing else: fill the row
                 example = layout_example(self.corpus.vocab, "text", self._take_text(n))
             else:
-                example = multimodal_example(self.corpus, STREAMS[chosen], self._record(chosen), self._task(chosen))
+                example = multimodal_example(
+                    self.corpus, STREAMS[chosen], self._record(chosen), self._task(chosen), fill_targets=self.spec["fill_targets"]
+                )
                 self.k[chosen] += 1
             examples.append(example)
             used += len(example["tokens"])
@@ -270,7 +285,7 @@ class Pipeline:
         self._iter.set_state(state["grain"])
 
     def fingerprint(self) -> dict[str, Any]:
-        keys = ("seed", "seq_len", "num_lanes", "weights", "i2t_fraction", "s2t_fraction", "min_text_chunk")
+        keys = ("seed", "seq_len", "num_lanes", "weights", "i2t_fraction", "s2t_fraction", "min_text_chunk", "fill_targets")
         return {"corpus": self.corpus.name, "lanes": [self.lanes[0], self.lanes[-1] + 1], **{k: self.spec[k] for k in keys}}
 
     def close(self) -> None:
@@ -367,4 +382,5 @@ def make_spec(config: ConfigDict, corpus: Corpus, num_lanes: int) -> dict[str, A
         "i2t_fraction": float(data.i2t_fraction),
         "s2t_fraction": float(data.s2t_fraction),
         "min_text_chunk": int(data.min_text_chunk),
+        "fill_targets": bool(data.fill_targets),
     }

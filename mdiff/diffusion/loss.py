@@ -8,8 +8,15 @@ NELBO estimate is
 
 an unbiased estimate of the continuous-time bound (up to the clipped ends of [0, 1]). Condition
 tokens (cond_mask) are never masked; for classifier-free guidance a whole condition is replaced by
-MASK with probability `cond_dropout` per example. Padding and specials have loss_mask = 0 and never
-count.
+MASK with probability `cond_dropout` per example.
+
+What counts as a target: a position with loss_mask > 0, which the data layout (mdiff.data.layout)
+gives only to real content: text tokens (each document's or caption's end-of-document id included),
+image codes, an audio clip's codes. Padding, specials, conditions and the fill after a caption or clip
+(end/silence ids up to the slot length) have loss_mask = 0: never masked, never counted, so
+`loss/<modality>` is nats per real token of that modality whatever the slot lengths. Only with the
+`data.fill_targets` option is fill a target (loss_mask = 2); its share of each modality's targets is
+then reported as `fill_share/<modality>`.
 
 Anti-masking pairs each mask with its complement: the first half of the batch is kept, each row is
 repeated, and the repeat masks exactly the targets the original left visible. The repeat's positions
@@ -30,11 +37,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mdiff.data.layout import FILL_TARGET
 from mdiff.vocab import CONTENT_MODALITIES, MODALITY_NAMES, Modality, UnifiedVocab
 from mdiff.diffusion.schedules import Schedule
 
 Batch = Mapping[str, jax.Array]
 LogitsFn = Callable[[jax.Array, Batch], jax.Array]
+NllFn = Callable[[jax.Array, Batch, jax.Array], jax.Array]  # (noisy, batch, masked) -> -log p(tokens) where masked
 
 
 def sample_times(rng: jax.Array, batch_size: int, *, t_min: float, antithetic: bool) -> jax.Array:
@@ -107,6 +116,7 @@ def mdm_loss(
     anti_masking: bool = False,
     cond_dropout: float = 0.0,
     t: jax.Array | None = None,
+    nll_fn: NllFn | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """NELBO in nats per target token, and summable metrics (see module docstring).
 
@@ -126,8 +136,10 @@ def mdm_loss(
         mask_rng, batch, t, vocab=vocab, schedules=schedules, uniforms=uniforms, complement=complement
     )
     noisy = drop_condition(drop_rng, noisy, batch["cond_mask"], cond_dropout, vocab.mask_id)
-    logits = logits_fn(noisy, batch).astype(jnp.float32)
-    nll = token_nll(logits, batch["tokens"])
+    if nll_fn is not None:  # the model's own -log p(x0) at the masked positions (no full logits)
+        nll = nll_fn(noisy, batch, masked)
+    else:
+        nll = token_nll(logits_fn(noisy, batch).astype(jnp.float32), batch["tokens"])
     weight = _weights(t, batch["modality"], schedules, complement)
     per_position = jnp.where(masked, weight * nll, 0.0)
     metrics = _sums(per_position, masked, batch)
@@ -182,6 +194,7 @@ def _sums(per_position: jax.Array, masked: jax.Array, batch: Batch) -> dict[str,
         in_m = modality == m
         metrics[f"nelbo_sum/{name}"] = jnp.sum(jnp.where(in_m, per_position, 0.0))
         metrics[f"count/{name}"] = jnp.sum(targets & in_m).astype(jnp.float32)
+        metrics[f"fill/{name}"] = jnp.sum((batch["loss_mask"] == FILL_TARGET) & in_m).astype(jnp.float32)
         metrics[f"masked/{name}"] = jnp.sum(masked & in_m).astype(jnp.float32)
     metrics["nelbo_sum"] = jnp.sum(per_position)
     metrics["count"] = jnp.sum(targets).astype(jnp.float32)
@@ -190,7 +203,8 @@ def _sums(per_position: jax.Array, masked: jax.Array, batch: Batch) -> dict[str,
 
 
 def per_token_metrics(sums: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Summed metrics -> `loss` and `loss/<modality>` in nats per token, `bits/...` in bits per token.
+    """Summed metrics -> `loss` and `loss/<modality>` in nats per target token, `bits/...` in bits per
+    token, and `fill_share/<modality>` (fill targets / targets) where fill counts as targets.
 
     A modality with no target tokens is left out.
     """
@@ -205,4 +219,7 @@ def per_token_metrics(sums: Mapping[str, Any], prefix: str = "") -> dict[str, fl
             nats = float(sums[f"nelbo_sum/{name}"]) / count
             out[f"{prefix}loss/{name}"] = nats
             out[f"{prefix}bits/{name}"] = nats / math.log(2.0)
+            fill = float(sums.get(f"fill/{name}", 0.0))
+            if fill > 0:
+                out[f"{prefix}fill_share/{name}"] = fill / count
     return out

@@ -423,7 +423,7 @@ class _Loop:
             "tokens": step * self.tokens_per_step,
             "flops": step * self.tokens_per_step * self.run_.flops_per_token,
             "wall_s": self.wall(),
-            **{k: v for k, v in losses.items() if k.startswith("loss")},
+            **{k: v for k, v in losses.items() if k.startswith(("loss", "fill_share"))},
             "lr": host_lr(self.run_.plan, self.config.optim.schedule, self.config.optim.final_lr_fraction, step - 1),
             "grad_norm": float(sums["grad_norm"]),
             "tokens_per_s": tokens_per_s,
