@@ -1,6 +1,7 @@
 """The transformer: shapes, logit restriction, segment isolation, RoPE, scan/remat/bf16 variants, bad input."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -174,3 +175,108 @@ def test_fused_swiglu_matches_autodiff_of_the_formula(dtype):
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), **tol)
     np.testing.assert_allclose(np.asarray(vjp(grad_out)[0], np.float32), np.asarray(ref_vjp(grad_out)[0], np.float32), **tol)
     assert vjp(grad_out)[0].dtype == dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# The target-only head: the same loss as the full-vocabulary head, written out independently
+# ---------------------------------------------------------------------------------------------
+def _full_head_nll(model, params, b, where):
+    """Reference: every logit of the unified vocabulary, ids outside the position's modality range (and
+    MASK) set to -inf, then log-softmax at the target. Written from the definition, not from the model's head."""
+    nnx.update(model, params)
+    x = model.features(*(jnp.asarray(b[k]) for k in ("tokens", "modality", "segment_ids", "positions")))
+    logits = jnp.einsum("bld,dv->blv", x.astype(jnp.float32), params["head"][...].astype(jnp.float32))[..., : VOCAB.size]
+    ids = np.arange(VOCAB.size)
+    allowed = np.zeros((4, VOCAB.size), bool)
+    allowed[0] = ids != VOCAB.mask_id
+    for m in (Modality.TEXT, Modality.IMAGE, Modality.AUDIO):
+        lo, hi = VOCAB.range(m)
+        allowed[int(m)] = (ids >= lo) & (ids < hi)
+    logits = jnp.where(jnp.asarray(allowed)[b["modality"]], logits, -jnp.inf)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.asarray(b["tokens"])[..., None], axis=-1)[..., 0]
+    return jnp.where(where, nll, 0.0)
+
+
+def _mixed_batch(seed):
+    """Rows mixing text, image and audio targets plus specials, at random selected positions."""
+    rng = np.random.default_rng(seed)
+    b = make_batch(seed)
+    b["tokens"][:, 3:6] = rng.integers(*VOCAB.range("audio"), (B, 3))
+    b["modality"][:, 3:6] = int(Modality.AUDIO)
+    where = (rng.random((B, L)) < 0.6) & (b["modality"] > 0)
+    return b, jnp.asarray(where)
+
+
+def test_target_head_loss_and_gradients_equal_the_full_head(model, seed=1):
+    b, where = _mixed_batch(seed)
+    g = jnp.asarray(np.random.default_rng(seed + 7).normal(size=(B, L)), jnp.float32)
+    graphdef, params = nnx.split(model, nnx.Param)
+
+    def new(p):
+        m = nnx.merge(graphdef, p)
+        args = (jnp.asarray(b[k]) for k in ("tokens", "modality", "segment_ids", "positions"))
+        return jnp.sum(g * m.target_nll(*args, jnp.asarray(b["tokens"]), where))
+
+    def ref(p):
+        return jnp.sum(g * _full_head_nll(nnx.merge(graphdef, p), p, b, where))
+
+    (v_new, g_new), (v_ref, g_ref) = jax.jit(jax.value_and_grad(new))(params), jax.jit(jax.value_and_grad(ref))(params)
+    np.testing.assert_allclose(float(v_new), float(v_ref), rtol=1e-5)
+    for (path, a), (_, r) in zip(jax.tree_util.tree_leaves_with_path(g_new), jax.tree_util.tree_leaves_with_path(g_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=2e-4, atol=2e-6, err_msg=str(path))
+
+
+def test_target_head_under_vmap_with_shared_and_per_example_weights():
+    """The train step vmaps the loss over noise groups (shared weights) and a packed sweep vmaps over
+    points (per-point weights): both batchings give each example's own values and gradients."""
+    from mdiff.model.ops import target_nll
+
+    rng = np.random.default_rng(3)
+    ranges = ((0, 40), (5, 20), (20, 30), (30, 40))
+    n, d = 90, 6
+    h = jnp.asarray(rng.normal(size=(3, n, d)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(2, d, 40)), jnp.float32)
+    mod = rng.integers(0, 4, (3, n))
+    lo, hi = np.array(ranges).T
+    tg = rng.integers(lo[mod], hi[mod])
+    tg = np.where(tg == 1, 2, tg)
+    where = rng.random((3, n)) < 0.5
+
+    def ref(hh, ww, m, t, s):  # restricted log-softmax from the definition
+        ids = np.arange(40)
+        ok = (ids >= jnp.asarray(lo)[m][:, None]) & (ids < jnp.asarray(hi)[m][:, None]) & (ids != 1)
+        logits = jnp.where(ok, hh @ ww, -jnp.inf)
+        return jnp.where(s, -jnp.take_along_axis(jax.nn.log_softmax(logits), t[:, None], 1)[:, 0], 0.0)
+
+    def total(fn, ws):
+        per_point = jax.vmap(lambda ww: jnp.sum(jax.vmap(lambda hh, m, t, s: fn(hh, ww, m, t, s))(h, mod, tg, where) ** 2))
+        return jnp.sum(per_point(ws))
+
+    new = functools.partial(target_nll, ranges=ranges, excluded=1, tile=8)
+    value_and_grad = jax.jit(jax.value_and_grad(total, 1), static_argnums=0)
+    (v_new, gw_new), (v_ref, gw_ref) = value_and_grad(new, w), value_and_grad(ref, w)
+    np.testing.assert_allclose(float(v_new), float(v_ref), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(gw_new), np.asarray(gw_ref), rtol=1e-4, atol=1e-5)
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def grad_h(fn):
+        return jax.grad(lambda hh: jnp.sum(jax.vmap(lambda a, m, t, s: fn(a, w[0], m, t, s))(hh, mod, tg, where) ** 2))(h)
+
+    gh_new, gh_ref = grad_h(new), grad_h(ref)
+    np.testing.assert_allclose(np.asarray(gh_new), np.asarray(gh_ref), rtol=1e-4, atol=1e-5)
+
+
+def test_fused_attention_equals_explicit_attention():
+    explicit = build_model(CFG, VOCAB, 32, rngs=nnx.Rngs(0), attention="explicit")
+    fused = build_model(CFG, VOCAB, 32, rngs=nnx.Rngs(0), attention="fused")
+    b = make_batch(2)
+    np.testing.assert_allclose(np.asarray(apply(fused, b)), np.asarray(apply(explicit, b)), rtol=1e-4, atol=1e-4)
+
+    def grads(m):
+        graphdef, params = nnx.split(m, nnx.Param)
+        args = [jnp.asarray(b[k]) for k in ("tokens", "modality", "segment_ids", "positions")]
+        return jax.jit(jax.grad(lambda p: jnp.sum(jnp.tanh(nnx.merge(graphdef, p)(*args)))))(params)
+
+    for a, r in zip(jax.tree.leaves(grads(fused)), jax.tree.leaves(grads(explicit))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-3, atol=1e-5)

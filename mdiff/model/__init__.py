@@ -23,8 +23,19 @@ def model_options(model_cfg: Any, **overrides: Any) -> ModelOptions:
         qk_norm=bool(get("qk_norm", True)),
         rope_theta=float(get("rope_theta", 10000.0)),
         restrict_logits=bool(get("restrict_logits", True)),
+        attention=resolve_attention(get("attention", "auto")),
+        head=str(get("head", "targets")),
     )
     return ModelOptions(**{**opts.__dict__, **overrides})
+
+
+def resolve_attention(choice: str) -> str:
+    """`model.attention` -> explicit | fused; auto is fused on GPUs only (the backend JAX runs on)."""
+    if choice == "auto":
+        import jax
+
+        return "fused" if jax.default_backend() == "gpu" else "explicit"
+    return choice
 
 
 def build_model(model_cfg: Any, vocab: UnifiedVocab, max_len: int, *, rngs: nnx.Rngs, **overrides: Any) -> Transformer:

@@ -7,6 +7,10 @@ import ml_collections
 from mdiff.config import ConfigDict, fail, register_validator
 
 
+ATTENTION_CHOICES = ("auto", "explicit", "fused")
+HEAD_CHOICES = ("targets", "full")
+
+
 def model_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
@@ -23,6 +27,13 @@ def model_defaults() -> ml_collections.ConfigDict:
             qk_norm=True,
             rope_theta=10000.0,
             restrict_logits=True,  # logits only over the target modality's id range
+            # Attention: explicit (matmuls + softmax over [B, H, L, L] scores), fused
+            # (jax.nn.dot_product_attention: cuDNN's fused kernel on NVIDIA GPUs with 16-bit compute),
+            # or auto (fused on GPUs, explicit on CPUs and TPUs, where JAX lowers both the same way).
+            attention="auto",
+            # Training loss head: targets (logits only at masked targets, over their modality's ids:
+            # the same loss, less work) or full (all logits at every position, then the NLL).
+            head="targets",
         )
     )
 
@@ -35,6 +46,10 @@ def validate_model(config: ConfigDict) -> None:
     for key in ("dtype", "param_dtype"):
         if m[key] not in ("float32", "bfloat16"):
             fail(f"model.{key}", m[key], "allowed: float32, bfloat16")
+    if m.attention not in ATTENTION_CHOICES:
+        fail("model.attention", m.attention, f"allowed: {', '.join(ATTENTION_CHOICES)}")
+    if m.head not in HEAD_CHOICES:
+        fail("model.head", m.head, f"allowed: {', '.join(HEAD_CHOICES)}")
     from mdiff.model.scaling import PRESETS  # pure Python, no JAX
 
     if m.size and m.size not in PRESETS:

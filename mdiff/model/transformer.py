@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from mdiff.vocab import NUM_MODALITIES, UnifiedVocab
-from mdiff.model.ops import swiglu
+from mdiff.model.ops import swiglu, target_nll
 from mdiff.model.scaling import ModelShape, padded_vocab
 from mdiff.parallel import constrain
 from mdiff.parallel.defaults import LOGICAL_AXES
@@ -45,6 +45,8 @@ class ModelOptions:
     qk_norm: bool = True
     rope_theta: float = 10000.0
     restrict_logits: bool = True
+    attention: str = "explicit"  # explicit (matmuls + softmax) | fused (jax.nn.dot_product_attention)
+    head: str = "targets"  # training loss: targets (only the target logits, per modality) | full (all logits)
     branch_scale: float = 1.0  # residual-branch multiplier (CompleteP depth scaling sets it)
     norm_eps: float = 1e-6
 
@@ -121,6 +123,7 @@ class AttentionContext:
     mask: jax.Array  # [B, 1, L, L] bool
     cos: jax.Array  # [B, 1, L, hd/2]
     sin: jax.Array
+    implementation: str | None = None  # fused attention's jax.nn.dot_product_attention implementation
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -175,10 +178,14 @@ def attention(
     opts: ModelOptions,
     ctx: AttentionContext,
 ) -> jax.Array:
-    """Self-attention of h [B*L, D] -> [B, L, D]; scores and values as [B, H, L, hd] batched matmuls."""
+    """Self-attention of h [B*L, D] -> [B, L, D]; scores and values as [B, H, L, hd] batched matmuls,
+    or (opts.attention == "fused") one jax.nn.dot_product_attention call, which GPUs run as cuDNN's
+    fused kernel without materialising the [B, H, L, L] scores."""
     dt = opts.dtype
     (b, l), d, heads, hd = bl, shape.width, shape.heads, shape.head_dim
     qkv = jnp.einsum("nd,dthk->nthk", h, p["qkv"].astype(dt)).reshape(b, l, 3, heads, hd)
+    if opts.attention == "fused":
+        return _fused_attention(p, qkv, bl, shape=shape, opts=opts, ctx=ctx)
     qkv = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # [3, B, H, L, hd]
     q, k, v = qkv[0], qkv[1], qkv[2]
     if opts.qk_norm:
@@ -192,6 +199,28 @@ def attention(
     o = jnp.matmul(probs, v)  # [B, H, L, hd]
     o = jnp.transpose(o, (0, 2, 1, 3)).reshape(b * l, heads, hd)
     return jnp.einsum("nhk,hkd->nd", o, p["out"].astype(dt)).reshape(b, l, d)
+
+
+def _fused_attention(
+    p: dict[str, jax.Array], qkv: jax.Array, bl: tuple[int, int], *, shape: ModelShape, opts: ModelOptions,
+    ctx: AttentionContext
+) -> jax.Array:
+    """The same attention on [B, L, H, hd] layouts through jax.nn.dot_product_attention (segment mask)."""
+    dt = opts.dtype
+    (b, l), d, heads, hd = bl, shape.width, shape.heads, shape.head_dim
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, hd]
+    if opts.qk_norm:
+        q = rms_norm(q, p["q_norm"], opts.norm_eps)
+        k = rms_norm(k, p["k_norm"], opts.norm_eps)
+    cos, sin = jnp.swapaxes(ctx.cos, 1, 2), jnp.swapaxes(ctx.sin, 1, 2)  # [B, L, 1, hd/2]
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    o = jax.nn.dot_product_attention(q, k, v, mask=ctx.mask, implementation=ctx.implementation)
+    return jnp.einsum("nhk,hkd->nd", o.reshape(b * l, heads, hd), p["out"].astype(dt)).reshape(b, l, d)
+
+
+def fused_attention_implementation(dtype: Any) -> str | None:
+    """cuDNN's fused kernel on NVIDIA GPUs (it takes 16-bit inputs only); elsewhere JAX's own lowering."""
+    return "cudnn" if jax.default_backend() == "gpu" and dtype in (jnp.bfloat16, jnp.float16) else None
 
 
 class Transformer(nnx.Module):
@@ -216,6 +245,48 @@ class Transformer(nnx.Module):
     def __call__(
         self, tokens: jax.Array, modality: jax.Array, segment_ids: jax.Array, positions: jax.Array
     ) -> jax.Array:
+        x = self.features(tokens, modality, segment_ids, positions)
+        b, l, d = x.shape
+        # The head runs in float32 whatever the compute dtype: its [B*L, V] output is float32 anyway,
+        # and XLA:CPU upcasts bf16 matmuls to f32 regardless. The modality restriction rides along in
+        # the same matmul: a one-hot of the modality times a constant bias table (0 allowed, NEG_INF
+        # not) adds the mask, instead of a separate select pass over the [B, L, V] logits.
+        features = jnp.concatenate(
+            [x.reshape(b * l, d).astype(jnp.float32), jax.nn.one_hot(modality.reshape(-1), NUM_MODALITIES)], axis=-1
+        )
+        weights = jnp.concatenate([self.head[...].astype(jnp.float32), jnp.asarray(self.logit_bias_table())], axis=0)
+        logits = jnp.dot(features, weights).reshape(b, l, -1)
+        return logits[..., : self.vocab_size]
+
+    def target_nll(
+        self, tokens: jax.Array, modality: jax.Array, segment_ids: jax.Array, positions: jax.Array,
+        targets: jax.Array, where: jax.Array,
+    ) -> jax.Array:
+        """-log p(targets) [B, L] float32 under the same distribution as `__call__`'s logits, computed only
+        at `where` (0 elsewhere) and only over each position's modality range (mdiff.model.ops.target_nll)."""
+        x = self.features(tokens, modality, segment_ids, positions)
+        b, l, d = x.shape
+        nll = target_nll(
+            x.reshape(b * l, d).astype(jnp.float32),
+            self.head[...].astype(jnp.float32),
+            modality.reshape(-1),
+            targets.reshape(-1),
+            where.reshape(-1),
+            ranges=self.prediction_ranges(),
+            excluded=self.mask_id,
+        )
+        return nll.reshape(b, l)
+
+    def prediction_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Per modality id, the id range [lo, hi) a position may predict (MASK excluded separately)."""
+        if self.opts.restrict_logits:
+            return self.range_table
+        return tuple((0, self.vocab_size) for _ in self.range_table)
+
+    def features(
+        self, tokens: jax.Array, modality: jax.Array, segment_ids: jax.Array, positions: jax.Array
+    ) -> jax.Array:
+        """The final-normed hidden states [B, L, D] the head reads."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, seq_len]; got shape {tokens.shape}")
         if tokens.shape[1] > self.max_len:
@@ -231,25 +302,14 @@ class Transformer(nnx.Module):
         # fusion, per head and per layer, forward and backward.
         cos, sin = jax.lax.optimization_barrier(rope_tables(positions, self.shape.head_dim, self.opts.rope_theta))
         mask = (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-        x = self.blocks(x, AttentionContext(mask, cos, sin))
-        x = rms_norm(x, self.final_norm[...], self.opts.norm_eps)
-        b, l, d = x.shape
-        # The head runs in float32 whatever the compute dtype: its [B*L, V] output is float32 anyway,
-        # and XLA:CPU upcasts bf16 matmuls to f32 regardless. The modality restriction rides along in
-        # the same matmul: a one-hot of the modality times a constant bias table (0 allowed, NEG_INF
-        # not) adds the mask, instead of a separate select pass over the [B, L, V] logits.
-        features = jnp.concatenate(
-            [x.reshape(b * l, d).astype(jnp.float32), jax.nn.one_hot(modality.reshape(-1), NUM_MODALITIES)], axis=-1
-        )
-        weights = jnp.concatenate([self.head[...].astype(jnp.float32), jnp.asarray(self.logit_bias_table())], axis=0)
-        logits = jnp.dot(features, weights).reshape(b, l, -1)
-        return logits[..., : self.vocab_size]
+        impl = fused_attention_implementation(self.opts.dtype) if self.opts.attention == "fused" else None
+        x = self.blocks(x, AttentionContext(mask, cos, sin, impl))
+        return rms_norm(x, self.final_norm[...], self.opts.norm_eps)
 
     def logit_bias_table(self) -> np.ndarray:
         """[NUM_MODALITIES, padded V] float32: 0 for the ids a position of that modality may predict, NEG_INF else."""
         ids = np.arange(padded_vocab(self.vocab_size))
         table = np.full((NUM_MODALITIES, ids.size), NEG_INF, np.float32)
-        for m in range(NUM_MODALITIES):
-            lo, hi = self.range_table[m] if self.opts.restrict_logits else (0, self.vocab_size)
+        for m, (lo, hi) in enumerate(self.prediction_ranges()):
             table[m, (ids >= lo) & (ids < hi) & (ids != self.mask_id)] = 0.0
         return table
