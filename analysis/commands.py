@@ -58,7 +58,9 @@ def configure_fit(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-tolerance", type=float, default=0.25, help="relative FLOP difference within one budget")
     p = sub.add_parser("batch", help="loss vs physical batch (naive vs reparameterised), B_crit / S_crit, gamma")
     _common(p)
-    p.add_argument("--tolerance", type=float, default=0.02, help="relative loss rise that marks B_crit (default 0.02)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="one-sided test level at which a batch's loss counts as above the flat level (default 0.05)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples over seeds for gamma (default 1000)")
     p.add_argument("--seq-len", type=float, default=None, help="sequence length for S_crit (default: data.seq_len column)")
     p = sub.add_parser("mixing", help="per-modality loss over the mixing simplex and the best mix")
     _common(p, loss=False)
@@ -111,31 +113,14 @@ def _fit_isoflop(args, df, out: pathlib.Path) -> str:
 
 
 def _fit_batch(args, df, out: pathlib.Path) -> str:
-    import numpy as np
-    import pandas as pd
+    from analysis import batch, plots
 
-    from analysis import batch, plots, table
-    from analysis.errors import AnalysisError
-
-    curves = batch.batch_curves(df, args.loss)
-    seq_len = args.seq_len
-    column = table.first_present(df, batch.SEQ_LEN_COLUMNS)
-    if seq_len is None and column:
-        seq_len = float(pd.to_numeric(df[column]).median())
-    crit = batch.critical_batches(curves, tolerance=args.tolerance, seq_len=seq_len)
-    payload: dict[str, Any] = dict(curves=curves.to_dict(orient="records"), critical=crit.to_dict(orient="records"),
-                                   tolerance=args.tolerance, seq_len=seq_len)
-    plots.batch_curves(curves, crit, out / "batch_curves")
-    if table.first_present(df, batch.KAPPA_COLUMNS):
-        try:
-            g = batch.fit_gamma(df, args.loss)
-            payload["gamma"] = g.to_json()
-            base = float(np.exp(np.log(g.optima.horizon.to_numpy(float)).mean()))  # the fit's default D_base
-            plots.gamma_fit(g, base, out / "gamma_fit")
-        except AnalysisError as e:
-            payload["gamma_note"] = str(e)
-    _write_json(out / "batch.json", payload)
-    return f"{len(curves)} (horizon, mode, batch) points; B_crit per curve in {out / 'batch.json'}"
+    result = batch.analyse(df, args.loss, seq_len=args.seq_len, alpha=args.alpha, n_bootstrap=args.bootstrap, seed=args.seed)
+    plots.batch_curves(result.curves, result.critical, out / "batch_curves")
+    if result.gamma is not None:
+        plots.gamma_fit(result.gamma, out / "gamma_fit")
+    _write_json(out / "batch.json", result.to_json())
+    return f"{len(result.curves)} (horizon, mode, batch) points; B_crit per curve in {out / 'batch.json'}"
 
 
 def _fit_mixing(args, df, out: pathlib.Path) -> str:

@@ -161,7 +161,8 @@ def isoflop_curves(n, loss, compute, isofit, out) -> list[pathlib.Path]:
 
 @_styled
 def batch_curves(curves: pd.DataFrame, crit: pd.DataFrame | None, out) -> list[pathlib.Path]:
-    """Final loss vs physical batch, one colour per token horizon; solid reparameterised, dashed naive."""
+    """Final loss vs physical batch (mean over seeds, 95% t-interval), one colour per token horizon; solid
+    reparameterised, dashed naive; B_crit of each reparameterised curve dotted, its bracket shaded."""
     fig, axes = _figure(width=6.0)
     ax = axes[0, 0]
     cmap = plt.get_cmap("viridis")
@@ -170,12 +171,14 @@ def batch_curves(curves: pd.DataFrame, crit: pd.DataFrame | None, out) -> list[p
         color = cmap(j / max(1, len(horizons) - 1) * 0.85)
         for mode, g in curves[curves.horizon == horizon].groupby("mode"):
             style = "--" if mode == "naive" else "-"
-            ax.errorbar(g.batch, g.loss, yerr=g.loss_std.fillna(0), color=color, ls=style, marker="o", ms=3,
+            yerr = np.vstack([g.loss - g.ci_lo, g.ci_hi - g.loss]) if "ci_lo" in g else g.loss_std.fillna(0)
+            ax.errorbar(g.batch, g.loss, yerr=yerr, color=color, ls=style, marker="o", ms=3,
                         capsize=2, label=f"D={horizon:.3g} tokens, {mode}")
         if crit is not None and not crit.empty:
-            for _, row in crit[(crit.horizon == horizon) & (crit["mode"] != "naive")].iterrows():
+            for _, row in crit[crit.horizon == horizon].iterrows():
                 if row.b_crit is not None and np.isfinite(row.b_crit):
                     ax.axvline(row.b_crit, color=color, ls=":", lw=1)
+                    ax.axvspan(*row.b_crit_bracket, color=color, alpha=0.08)
     ax.set_xscale("log", base=2)
     ax.set(xlabel="physical batch B (sequences)", ylabel=LOSS_LABEL, title="Loss vs batch size (dotted: B_crit)")
     ax.legend(fontsize=6.5)
@@ -183,15 +186,25 @@ def batch_curves(curves: pd.DataFrame, crit: pd.DataFrame | None, out) -> list[p
 
 
 @_styled
-def gamma_fit(gfit, base_tokens: float, out) -> list[pathlib.Path]:
+def gamma_fit(gfit, out) -> list[pathlib.Path]:
+    """The log-log pairs gamma was fitted to (loss-optimal kappa or naive batch per horizon) and the line."""
     fig, axes = _figure()
     ax = axes[0, 0]
-    x = base_tokens / gfit.optima.horizon.to_numpy()
-    ax.scatter(x, gfit.optima.kappa_opt, label="loss-optimal kappa per horizon")
-    grid = np.geomspace(x.min() / 1.5, x.max() * 1.5, 40)
-    ax.plot(grid, np.exp(gfit.intercept) * grid**gfit.gamma, label=f"gamma = {gfit.gamma:.3f} [{gfit.ci95[0]:.3f}, {gfit.ci95[1]:.3f}]")
-    ax.set(xscale="log", yscale="log", xlabel="D_base / D (token-horizon ratio)", ylabel="optimal kappa",
-           title="Fit of gamma: kappa* = (D_base/D)^gamma")
+    x, y = gfit.optima.x.to_numpy(float), gfit.optima.y.to_numpy(float)
+    ax.scatter(np.exp(x), np.exp(y), label=f"loss-optimal {'batch (naive runs)' if gfit.source == 'naive' else 'kappa'} per horizon")
+    grid = np.linspace(x.min() - 0.3, x.max() + 0.3, 40)
+    label = f"gamma = {gfit.gamma:.3f} [{gfit.ci95[0]:.3f}, {gfit.ci95[1]:.3f}]"
+    ax.plot(np.exp(grid), np.exp(gfit.intercept + gfit.gamma * grid), label=label)
+    if gfit.gamma_configured is not None:
+        ax.plot(np.exp(grid), np.exp(y.mean() + gfit.gamma_configured * (grid - x.mean())), ls="--", color="#999",
+                label=f"configured gamma = {gfit.gamma_configured:g}")
+    if gfit.source == "naive":
+        ax.set(xlabel="token horizon D (tokens)", ylabel="loss-optimal physical batch (sequences)",
+               title="gamma from the naive optimum: B* ~ D^gamma")
+    else:
+        ax.set(xlabel="D_base / D (token-horizon ratio)", ylabel="optimal kappa x B_base / B",
+               title="gamma from kappa at fixed (B, D)")
+    ax.set(xscale="log", yscale="log")
     ax.legend()
     return save(fig, out)
 

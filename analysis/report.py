@@ -216,25 +216,22 @@ def batch_section(ctx: Context) -> Section | None:
     column = table.first_present(ctx.df, batch_analysis.BATCH_COLUMNS)
     if not table.varying(ctx.df, column) or ctx.loss not in ctx.df.columns:
         return None
-    df = _finite_rows(ctx.df, [ctx.loss])
-    curves = batch_analysis.batch_curves(df, ctx.loss)
-    seq_column = table.first_present(df, batch_analysis.SEQ_LEN_COLUMNS)
-    seq_len = float(pd.to_numeric(df[seq_column]).median()) if seq_column else None
-    crit = batch_analysis.critical_batches(curves, seq_len=seq_len)
-    ctx.outputs["batch"] = dict(curves=curves.to_dict(orient="records"), critical=crit.to_dict(orient="records"))
-    images = ctx.rel(plots.batch_curves(curves, crit, ctx.figure("batch_curves")))
-    tables = [("Critical batch per horizon (loss 2% above the flat region's best)", crit)]
-    notes = [] if seq_len else ["no sequence-length column: S_crit not computed"]
-    if table.first_present(df, batch_analysis.KAPPA_COLUMNS):
-        try:
-            g = batch_analysis.fit_gamma(df, ctx.loss)
-            ctx.outputs["gamma_fit"] = g.to_json()
-            base = float(np.exp(np.log(g.optima.horizon).mean()))
-            images += ctx.rel(plots.gamma_fit(g, base, ctx.figure("gamma_fit")))
-            tables.append(("gamma fit", pd.DataFrame([dict(gamma=g.gamma, ci95=g.ci95)])))
-        except AnalysisError as e:
-            notes.append(f"gamma not fitted: {e}")
-    return Section("Batch size", images=images, tables=tables, notes=notes)
+    result = batch_analysis.analyse(_finite_rows(ctx.df, [ctx.loss]), ctx.loss, n_bootstrap=max(ctx.n_bootstrap, 200), seed=ctx.seed)
+    ctx.outputs["batch"] = result.to_json()
+    images = ctx.rel(plots.batch_curves(result.curves, result.critical, ctx.figure("batch_curves")))
+    tables = [("Loss per (horizon, mode, batch): mean over seeds, 95% t-interval", result.curves)]
+    if not result.critical.empty:
+        tables.append((f"B_crit per reparameterised horizon (first batch whose runs lie above the flat level, one-sided "
+                       f"Welch test at {batch_analysis.ALPHA}); bracket = (last flat, first rising]", result.critical))
+    if not result.naive.empty:
+        tables.append(("Naive curves: loss-optimal batch (no B_crit is defined for them)", result.naive))
+    if result.gamma is not None:
+        images += ctx.rel(plots.gamma_fit(result.gamma, ctx.figure("gamma_fit")))
+        tables.append(("gamma fit", pd.DataFrame([dict(source=result.gamma.source, gamma=result.gamma.gamma,
+                                                       ci95=result.gamma.ci95, bootstrap=result.gamma.n_bootstrap)])))
+    if not result.comparison.empty:
+        tables.append(("Configured starting values vs measured", result.comparison))
+    return Section("Batch size", images=images, tables=tables, notes=result.notes)
 
 
 def mixing_section(ctx: Context) -> Section | None:

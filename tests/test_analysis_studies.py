@@ -39,35 +39,6 @@ def test_isoflop_needs_two_budgets():
         isoflop.fit_isoflop(df, n_bootstrap=0)
 
 
-def test_critical_batch_matches_s_crit():
-    df = batch.synthetic_batch_table(horizons=(1e6, 4e6), s_crit=100.0, seq_len=128)
-    curves = batch.batch_curves(df)
-    crit = batch.critical_batches(curves, tolerance=0.02, seq_len=128)
-    sde = crit[crit["mode"] == "reparameterised"]
-    for _, row in sde.iterrows():
-        b_true = row.horizon / (128 * 100.0)  # B_crit = D / (L S_crit)
-        assert b_true <= row.b_crit <= 2 * b_true  # the loss crosses +2% a little after B_crit
-        assert 50 <= row.s_crit <= 100
-    assert set(curves["mode"]) == {"naive", "reparameterised"}
-
-
-def test_critical_batch_none_when_flat():
-    cb = batch.critical_batch(np.array([8, 16, 32]), np.array([2.0, 2.0, 2.001]))
-    assert cb.b_crit is None
-
-
-def test_gamma_fit_recovers_exponent():
-    rows = []
-    d_base = 1e7
-    for d in (2.5e6, 5e6, 1e7, 2e7, 4e7):
-        k_star = (d_base / d) ** 0.44
-        for k in np.geomspace(0.125, 8, 13):
-            rows.append(dict(kappa=k, tokens=d, loss=3 + 0.2 * (np.log(k) - np.log(k_star)) ** 2))
-    fit = batch.fit_gamma(pd.DataFrame(rows), base_tokens=d_base)
-    assert fit.gamma == pytest.approx(0.44, abs=0.02)
-    assert fit.ci95[0] - 1e-9 <= 0.44 <= fit.ci95[1] + 1e-9  # exact parabolas: the interval is a point
-
-
 def _mixing_table(noise: float = 0.0) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = []
@@ -124,10 +95,9 @@ def test_every_plot_function_writes_images(tmp_path):
     iso = isoflop.synthetic_isoflop_table(TRUTH)
     ifit = isoflop.fit_isoflop(iso, n_bootstrap=10)
     _nonempty(plots.isoflop_curves(iso.params, iso.loss, iso.flops, ifit, tmp_path / "d"))
-    curves = batch.batch_curves(batch.synthetic_batch_table())
-    _nonempty(plots.batch_curves(curves, batch.critical_batches(curves, seq_len=128), tmp_path / "e"))
-    g = batch.GammaFit(0.44, [0.4, 0.5], 0.0, pd.DataFrame(dict(horizon=[1e6, 2e6, 4e6], kappa_opt=[1.0, 0.74, 0.54])))
-    _nonempty(plots.gamma_fit(g, 1e6, tmp_path / "f"))
+    result = batch.analyse(batch.synthetic_batch_table(batches=(4, 8, 16, 32, 64, 128, 256, 512)), n_bootstrap=20)
+    _nonempty(plots.batch_curves(result.curves, result.critical, tmp_path / "e"))
+    _nonempty(plots.gamma_fit(result.gamma, tmp_path / "f"))
     _nonempty(plots.mixing(mixing.analyse_mixing(_mixing_table()), tmp_path / "g"))
     two = _mixing_table().query("`data.mix.audio` == 0").drop(columns=["data.mix.audio", "loss_audio"])
     _nonempty(plots.mixing(mixing.analyse_mixing(two), tmp_path / "g2"))
