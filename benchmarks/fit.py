@@ -1,5 +1,5 @@
-"""Benchmark: parametric scaling-law fit with bootstrap (issue 5 target: 1,000 resamples on 250 points in
-under 60 s on 2 cores).
+"""Benchmark: parametric scaling-law fit with bootstrap (target: 1,000 resamples on 250 points in under
+60 s on 2 cores).
 
     python benchmarks/fit.py [--quick] [--workers 2] [--points 250] [--bootstrap 1000]
 

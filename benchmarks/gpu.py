@@ -1,4 +1,4 @@
-"""One-call accelerator check for a session lent a GPU (issues 3, 7, 8): correctness first, then speed.
+"""One-call accelerator check for a session lent a GPU: correctness first, then speed.
 
     python benchmarks/gpu.py --out $OUT            # on the device machine (JAX + CUDA there), ~5 min
     python benchmarks/gpu.py --smoke --out DIR     # tiny shapes on CPU: checks that the script runs
@@ -8,7 +8,7 @@ Sections, each written to OUT/gpu_bench.json as soon as it finishes (a timeout k
      matmul precision, and bf16 compute) against the same step on the host's CPU backend;
   2. the bench-small training step (benchmarks/train_step.py) on the accelerator: ms/step, tokens/s,
      MFU against the data-sheet peak (mdiff.train.mfu);
-  3. bf16 MFU of the ~1B preset (issue 3 target >= 0.50 on an H100), median of timed steps;
+  3. bf16 MFU of the ~1B preset (target >= 0.50 on an H100), median of timed steps;
   4. the ancestral sampler on bench-small (benchmarks/sampler.py): s/step, overhead_vs_forward.
 OUT/gpu_bench.md is the same as a table for BENCHMARKS.md. Nothing is downloaded or installed.
 """

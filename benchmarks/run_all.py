@@ -1,7 +1,8 @@
 """Run every benchmark in turn on a quiet machine and print one JSON object per benchmark.
 
 Usage: python benchmarks/run_all.py [NAME ...] [--out FILE.jsonl]
-Each benchmark prints its figures as one JSON object on its last line (DESIGN.md); this collects them.
+Each benchmark prints its figures as one JSON object on its last line (the benchmarks' contract, BENCHMARKS.md);
+this collects them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training-step benchmark of the bench-small shape (anchor-bench.md section 7), f32 and bf16.
+"""Training-step benchmark of the bench-small shape (the md4 baseline's shape, BENCHMARKS.md), f32 and bf16.
 
 One step = masked-diffusion NELBO forward + backward + AdamW update, state donated. Shape: vocab 4096
 (unified vocabulary of exactly 4096 ids), seq 256, batch 16, 4 layers, width 256, 4 heads, SwiGLU

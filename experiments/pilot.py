@@ -1,4 +1,4 @@
-"""The paper's pilot (research/trimodal-paper.md section 5): the base point the batch study starts from.
+"""The paper's pilot (arXiv 2602.21472, its optimiser set-up): the base point the batch study starts from.
 
 ~320M total parameters (most of them in the two vocabulary matrices), base batch 256 sequences,
 13B-token horizon, cosine schedule with a 1k-step warm-up capped at 25% of the steps. Variants change

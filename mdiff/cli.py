@@ -61,13 +61,13 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
 
 
 # ---------------------------------------------------------------------------------------------
-# train (issue 2 owns the argument handling; the loop lives in mdiff.train.loop)
+# train (argument handling here; the loop lives in mdiff.train.loop)
 # ---------------------------------------------------------------------------------------------
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         required=True,
-        help="FILE.py:VARIANT, e.g. experiments/quickstart.py:cpu-2; without :VARIANT the file's first variant "
+        help="FILE.py:VARIANT, e.g. experiments/quickstart.py:cpu-s; without :VARIANT the file's first variant "
         "(the first name in its VARIANTS) is used",
     )
     parser.add_argument(

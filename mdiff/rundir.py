@@ -1,4 +1,4 @@
-"""The run directory contract (DESIGN.md): config.json, metrics.jsonl, eval.jsonl, summary.json.
+"""The run directory contract (README.md, "Run directories"): config.json, metrics.jsonl, eval.jsonl, summary.json.
 
 * JSON lines are appended by process 0 only, one complete line per `write()` call and flushed at once,
   so a killed run loses at most the record being written and never leaves a broken line behind.

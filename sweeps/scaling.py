@@ -42,7 +42,8 @@ def _shape(width: int, depth: int) -> dict:
 
 # ~11M, 25M, 49M, 85M, 201M, 393M, 680M, 1.2B non-embedding parameters.
 POD_LADDER = [_shape(w, d) for w, d in ((384, 6), (512, 8), (640, 10), (768, 12), (1024, 16), (1280, 20), (1536, 24), (2048, 24))]
-# Each budget trains the five sizes around its compute-optimal size (D* ~ 7754 N^0.84, research notes section 7).
+# Each budget trains the five sizes around its compute-optimal size (D* ~ 7754 N^0.84, the
+# tri-modal paper's frontier, arXiv 2602.21472).
 POD_BUDGETS = {1e18: POD_LADDER[0:5], 1e19: POD_LADDER[1:6], 1e20: POD_LADDER[3:8]}
 
 

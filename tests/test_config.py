@@ -1,4 +1,4 @@
-"""Config loading, overrides and validation (issue 2)."""
+"""Config loading, overrides and validation."""
 
 import json
 

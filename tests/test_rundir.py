@@ -1,4 +1,4 @@
-"""Run-directory writers and workdir decisions (issue 2)."""
+"""Run-directory writers and workdir decisions."""
 
 import json
 import os

@@ -8,7 +8,7 @@ embedding and output head, both over the padded vocabulary) plus the small modal
 everything else (attention, MLP, norms) is *non-embedding*. This matches the pilot's "320M params,
 240M of them embeddings", which only adds up if the head is counted with the embeddings.
 
-FLOPs per token (training, forward + backward) follow anchor-bench.md: 6 * N_matmul + 12 * L * D * S,
+FLOPs per token (training, forward + backward), the usual dense-transformer count: 6 * N_matmul + 12 * L * D * S,
 where N_matmul = L * (4 D^2 + k D F) + D * V_padded counts every weight that multiplies each token
 (k = 3 for SwiGLU, 2 for GELU; the head really computes all V_padded logits) and 12 L D S counts
 Q K^T and P V. Gathers (embeddings), norms, RoPE, softmax and the optimiser are not counted.

@@ -1,7 +1,8 @@
 """CompleteP-style per-module multipliers for width and depth transfer.
 
-From research/trimodal-paper.md section 5 (Complete(d)P), with m_N = width / width_base and
-m_L = depth / depth_base, and residual branches scaled by m_L^-alpha (alpha in [1/2, 1]):
+Complete(d)P as the tri-modal paper (arXiv 2602.21472) uses it (CompleteP with embedding eps 1 / m_N),
+with m_N = width / width_base, m_L = depth / depth_base, and residual branches scaled by m_L^-alpha
+(alpha in [1/2, 1]):
 
     class      lr                    AdamW eps              weight decay
     hidden     m_L^(alpha-1) / m_N   1 / (m_N m_L^alpha)    m_N

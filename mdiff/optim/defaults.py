@@ -2,7 +2,7 @@
 
 The optimiser is AdamW. Its hyperparameters are given at a *base point* (batch `batch_base`, token
 horizon `tokens_base`); `mdiff.optim.sde` maps them to this run's physical batch and horizon
-(`config.train.batch`, `config.train.tokens`) with the SDE reparameterisation of DESIGN.md.
+(`config.train.batch`, `config.train.tokens`) with the SDE reparameterisation (formulas in mdiff.optim.sde).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def optim_defaults() -> ml_collections.ConfigDict:
             warmup_steps_max=1000,  # absolute cap on warm-up steps (0: no cap)
             final_lr_fraction=0.1,  # lr at the end of the decay, as a fraction of the peak
             clip=1.0,  # global gradient-norm clip (0: off)
-            # CompleteP-style width/depth transfer (research/trimodal-paper.md section 5).
+            # CompleteP-style width/depth transfer (multipliers in mdiff.optim.completep).
             completep=False,
             width_base=256,  # m_N = model width / width_base
             depth_base=4,  # m_L = model depth / depth_base

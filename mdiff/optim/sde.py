@@ -1,4 +1,4 @@
-"""The SDE batch reparameterisation: from base hyperparameters to this run's (DESIGN.md, "Batch size").
+"""The SDE batch reparameterisation: from base hyperparameters to this run's (arXiv 2602.21472, batch size).
 
 Base hyperparameters are tuned once at batch B_base and token horizon D_base. A run with physical
 batch B, horizon D and sequence length L uses

@@ -1,6 +1,6 @@
 """What a sweep directory holds: sweep.json, each run's state, and results.csv (written atomically).
 
-Layout (DESIGN.md "Sweep directory"):
+Layout (the sweep directory contract):
     DIR/sweep.json           the expanded grid (the definition a rerun must match)
     DIR/runs/<name>/         run directories (summary.json says complete / failed / preempted)
     DIR/logs/<name>.log      each run's stdout and stderr

@@ -1,7 +1,7 @@
 """Defaults and checks for `config.train`.
 
 Checks that need the devices (the batch against the data-parallel size) run in the train loop
-before anything compiles (`mdiff.train.loop.check_run`).
+before anything compiles (`mdiff.train.loop.check_batch_layout`).
 """
 
 from __future__ import annotations
