@@ -77,6 +77,9 @@ def summed_nelbo(setup: LossSetup, params: dict, rows: dict, t: jax.Array, index
     def logits_fn(noisy, b):
         return model(noisy, b["modality"], b["segment_ids"], b["positions"])
 
+    def nll_fn(noisy, b, masked):
+        return model.target_nll(noisy, b["modality"], b["segment_ids"], b["positions"], b["tokens"], masked)
+
     def one(group_rows, group_t, group_index):
         _, metrics = mdm_loss(
             logits_fn,
@@ -89,6 +92,7 @@ def summed_nelbo(setup: LossSetup, params: dict, rows: dict, t: jax.Array, index
             anti_masking=setup.anti_masking,
             cond_dropout=setup.cond_dropout,
             t=group_t,
+            nll_fn=nll_fn if model.opts.head == "targets" else None,
         )
         return metrics
 
