@@ -157,3 +157,23 @@ def test_analyse_rejects_bad_settings():
         batch.analyse(df, alpha=0.7)
     with pytest.raises(AnalysisError, match="bootstrap"):
         batch.analyse(df, n_bootstrap=-1)
+
+
+def test_results_table_carries_the_optimiser_values_used(tmp_path):
+    """results.csv holds the run's plan (kappa, lr, betas, eps, warm-up after reparameterisation) and the
+    configured gamma, which the batch analysis compares with what it measures."""
+    from mdiff.sweeps_lib import state
+
+    plan = dict(kappa=2.0, lr=0.004, b1=0.81, b2=0.9801, eps=5e-9, weight_decay=0.14, steps=50, warmup_steps=5,
+                warmup_tokens=10240, steps_critical=40)
+    run = tmp_path / "runs" / "p0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps(dict(status="complete", loss=3.0, plan=plan)))
+    (run / "config.json").write_text(json.dumps(dict(optim=dict(gamma=0.44, lr=0.002), train=dict(batch=32))))
+    (tmp_path / "sweep.json").write_text(json.dumps(dict(sweep="x", axes=["train.batch"], points=[
+        dict(name="p0", overrides={"train.batch": 32})])))
+    df = pd.read_csv(state.write_results(tmp_path))
+    row = df.iloc[0]
+    for key, value in plan.items():
+        assert row[key] == pytest.approx(value)
+    assert row["optim.gamma"] == 0.44 and row["train.batch"] == 32 and row["status"] == "complete"

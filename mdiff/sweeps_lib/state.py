@@ -26,6 +26,10 @@ from mdiff.vocab import MODALITIES
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.csv"
 METRIC_COLUMNS = ("params", "params_total", "tokens", "flops", "loss", "loss_text", "loss_image", "loss_audio")
+# The optimiser values a run actually used (summary.json `plan`, after the batch reparameterisation), and the
+# configured starting values the batch analysis compares with its measurements (config.json optim.*).
+PLAN_COLUMNS = ("kappa", "lr", "b1", "b2", "eps", "weight_decay", "steps", "warmup_steps", "warmup_tokens", "steps_critical")
+CONFIGURED_COLUMNS = ("optim.gamma",)
 # Run states, from the sweep's point of view.
 COMPLETE, FAILED, RUNNING, PARTIAL, PENDING = "complete", "failed", "running", "partial", "pending"
 
@@ -245,16 +249,26 @@ def result_rows(sweep_dir: pathlib.Path, spec: dict[str, Any]) -> tuple[list[str
         name = point["name"]
         rd = run_dir(sweep_dir, name)
         summary = read_json(rd / "summary.json") or {}
-        config = None if all(a in point["overrides"] for a in axes) else read_json(rd / "config.json")
+        config = read_json(rd / "config.json")
         row = {"name": name}
         for a in axes:
             row[a] = _cell(point["overrides"][a] if a in point["overrides"] else _config_value(config, a))
         row.update(metrics_of(summary))
+        row.update(optimiser_used(summary, config, skip=axes))
         row["status"] = run_state(sweep_dir, name)
         extra = extra_metrics(summary)
         extras.update(dict.fromkeys(extra))
         rows.append(row | extra)
-    return ["name", *axes, *METRIC_COLUMNS, "status", *extras], rows
+    used = [c for c in (*PLAN_COLUMNS, *CONFIGURED_COLUMNS) if c not in axes]
+    return ["name", *axes, *METRIC_COLUMNS, *used, "status", *extras], rows
+
+
+def optimiser_used(summary: dict[str, Any], config: dict[str, Any] | None, *, skip: list[str]) -> dict[str, Any]:
+    """PLAN_COLUMNS from the run's plan (what the optimiser used) and CONFIGURED_COLUMNS from its config.json."""
+    plan = summary.get("plan") or {}
+    row = {c: plan.get(c) for c in PLAN_COLUMNS}
+    row |= {c: _config_value(config, c) for c in CONFIGURED_COLUMNS}
+    return {k: v for k, v in row.items() if k not in skip}
 
 
 def _cell(value: Any) -> Any:
