@@ -90,3 +90,40 @@ def test_config_validator_rejects_unknown_schedule():
     cfg.diffusion.schedule.audio = "cosinesqr"
     with pytest.raises(ConfigError, match="diffusion.schedule.audio"):
         validate(cfg)
+
+
+def shipped_schedule_names() -> list[str]:
+    """Every schedule a shipped sweep trains with (sweeps/schedules.py), plus the extra forms tests use."""
+    import pathlib
+
+    from mdiff.config import import_python_file
+
+    sweep_file = pathlib.Path(__file__).resolve().parent.parent / "sweeps" / "schedules.py"
+    module = import_python_file(sweep_file, prefix="_test_sweep_")
+    return sorted({"linear", *module.ALTERNATIVES, "polynomial(3)", "polynomial(0.5)", "geometric(1e-4,20)"})
+
+
+@pytest.mark.parametrize("t_min", [1e-5, 1e-3, 0.05])
+@pytest.mark.parametrize("name", shipped_schedule_names())
+def test_every_token_carries_unit_mass(name, t_min):
+    # The bound is complete when each target token's expected weight is 1:
+    #   integral over [t_min, 1 - t_min] of w(t)(1 - alpha(t)) dt + endpoint_mass(t_min) = 1,
+    # because w (1 - alpha) = -alpha' integrates to alpha(t_min) - alpha(1 - t_min) and the endpoint mass
+    # covers the rest. Gauss-Legendre quadrature of the schedule's own w and alpha, in v with
+    # t = lo + (hi - lo) v^2 (dt = 2 (hi - lo) v dv), which smooths the t^(p-1) ends of polynomial(p < 1).
+    s = get_schedule(name)
+    nodes, weights = np.polynomial.legendre.leggauss(400)
+    lo, hi = t_min, 1.0 - t_min
+    v = 0.5 * (nodes + 1.0)
+    t = lo + (hi - lo) * v**2
+    integrand = np.asarray(s.weight(jnp.asarray(t)), np.float64) * (1.0 - np.asarray(s.alpha(jnp.asarray(t)), np.float64))
+    integral = np.sum(0.5 * weights * integrand * 2.0 * (hi - lo) * v)
+    assert integral + s.endpoint_mass(t_min) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_geometric_endpoint_mass_is_its_missing_ends():
+    # geometric(0.01,20): alpha(0) = exp(-0.01), alpha(1) = exp(-20), so at t_min = 0 the mass left to
+    # the reconstruction and prior terms is 1 - exp(-0.01) + exp(-20) = 0.00995...
+    s = get_schedule("geometric(0.01,20)")
+    assert s.endpoint_mass(0.0) == pytest.approx(1 - math.exp(-0.01) + math.exp(-20), rel=1e-5)
+    assert get_schedule("linear").endpoint_mass(0.01) == pytest.approx(0.02, rel=1e-5)

@@ -1,12 +1,18 @@
 """Continuous-time masked-diffusion negative ELBO with per-modality accounting.
 
 For a clean sequence x0 and t ~ U(t_min, 1 - t_min) (one t per sequence), every target position i
-(loss_mask = 1) of modality m is replaced by MASK with probability 1 - alpha_m(t). The per-sequence
+(loss_mask > 0) of modality m is replaced by MASK with probability 1 - alpha_m(t). The per-sequence
 NELBO estimate is
 
-    sum over masked targets i of  w_m(t) * (-log p_theta(x0_i | x_t)),   w = -alpha' / (1 - alpha),
+    (1 - 2 t_min) * sum over masked targets i of  w_m(t) * (-log p_theta(x0_i | x_t))
+        + sum over targets i of  e_m * log V_m,       w = -alpha' / (1 - alpha),
 
-an unbiased estimate of the continuous-time bound (up to the clipped ends of [0, 1]). Condition
+an unbiased estimate of a complete bound for the diffusion run over [t_min, 1 - t_min]: the factor
+(1 - 2 t_min) is the length of that interval, and e_m = Schedule.endpoint_mass(t_min) =
+(1 - alpha_m(t_min)) + alpha_m(1 - t_min) carries the reconstruction and prior terms (a token masked
+before the start or still visible at the end costs log V_m, V_m = the modality's vocabulary size).
+Since (1 - 2 t_min) E_t[w (1 - alpha)] + e_m = 1 for every schedule, a uniform denoiser scores
+exactly log V_m per token, also for schedules with alpha(0) < 1 such as geometric. Condition
 tokens (cond_mask) are never masked; for classifier-free guidance a whole condition is replaced by
 MASK with probability `cond_dropout` per example.
 
@@ -37,8 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mdiff.data.layout import FILL_TARGET
-from mdiff.vocab import CONTENT_MODALITIES, MODALITY_NAMES, Modality, UnifiedVocab
+from mdiff.vocab import CONTENT_MODALITIES, FILL_TARGET, MODALITY_NAMES, Modality, UnifiedVocab
 from mdiff.diffusion.schedules import Schedule
 
 Batch = Mapping[str, jax.Array]
@@ -140,8 +145,10 @@ def mdm_loss(
         nll = nll_fn(noisy, batch, masked)
     else:
         nll = token_nll(logits_fn(noisy, batch).astype(jnp.float32), batch["tokens"])
-    weight = _weights(t, batch["modality"], schedules, complement)
+    weight = (1.0 - 2.0 * t_min) * _weights(t, batch["modality"], schedules, complement)
     per_position = jnp.where(masked, weight * nll, 0.0)
+    endpoint = _endpoint_terms(batch["modality"], vocab, schedules, t_min)
+    per_position = per_position + jnp.where(batch["loss_mask"] > 0, endpoint, 0.0)
     metrics = _sums(per_position, masked, batch)
     loss = metrics["nelbo_sum"] / jnp.maximum(metrics["count"], 1.0)
     return loss, metrics
@@ -156,6 +163,17 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     onehot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
     target_logit = jnp.sum(logits * onehot, axis=-1)
     return jax.nn.logsumexp(logits, axis=-1) - target_logit
+
+
+def _endpoint_terms(modality: jax.Array, vocab: UnifiedVocab, schedules: Mapping[Modality, Schedule], t_min: float) -> jax.Array:
+    """[B, L] reconstruction + prior nats of each position: endpoint_mass_m(t_min) * log V_m (module docstring)."""
+    table = [0.0] + [schedules[m].endpoint_mass(t_min) * math.log(_modality_size(vocab, m)) for m in CONTENT_MODALITIES]
+    return jnp.asarray(table, jnp.float32)[modality.astype(jnp.int32)]
+
+
+def _modality_size(vocab: UnifiedVocab, m: Modality) -> int:
+    lo, hi = vocab.range(m)
+    return hi - lo
 
 
 def _weights(

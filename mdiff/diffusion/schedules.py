@@ -11,6 +11,13 @@ Names (the registry parses them; an unknown name lists the known forms):
     cosine                 alpha = cos(pi t / 2)
     sine                   alpha = 1 - sin(pi t / 2)        (md4 calls this one "cosine")
     geometric(smin,smax)   alpha = exp(-smin^(1-t) smax^t)  (alpha(0) = exp(-smin), alpha(1) = exp(-smax))
+
+The bound is complete for every schedule, including those with alpha(0) < 1 or alpha(1) > 0 and the
+clipped times: the diffusion runs over s in [t_min, 1 - t_min], and what it does not cover is
+`endpoint_mass(t_min)` = (1 - alpha(t_min)) + alpha(1 - t_min) per target token, charged log V_m
+nats each by mdiff.diffusion.loss (md4's reconstruction term, plus the matching prior term). So
+(1 - 2 t_min) E_s[w(s)(1 - alpha(s))] + endpoint_mass = alpha(t_min) - alpha(1 - t_min) +
+endpoint_mass = 1 exactly: a denoiser that predicts uniformly gets NELBO = log V per token.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from mdiff.vocab import MODALITY_BY_NAME, Modality
@@ -51,6 +59,16 @@ class Schedule:
         ELBO sample when weighted by this (the anti-masking partner; see mdiff.diffusion.loss).
         """
         return -self.alpha_prime(t) / self.alpha(t)
+
+    def endpoint_mass(self, t_min: float) -> float:
+        """Per-token mass the clipped diffusion [t_min, 1 - t_min] leaves out: (1 - alpha(t_min)) + alpha(1 - t_min).
+
+        The first part is md4's reconstruction term (tokens already masked at the start, decoded
+        uniformly), the second the prior term (tokens still visible at the end, against a prior that
+        keeps each visible with that probability and draws it uniformly).
+        """
+        with jax.ensure_compile_time_eval():  # a constant even when called while tracing
+            return float(1.0 - self.alpha(t_min) + self.alpha(1.0 - t_min))
 
     @property
     def name(self) -> str:
@@ -98,6 +116,9 @@ class Cosine(Schedule):
 
     def alpha_prime(self, t: Any) -> Any:
         return -0.5 * jnp.pi * jnp.sin(0.5 * jnp.pi * t)
+
+    def weight(self, t: Any) -> Any:
+        return 0.5 * jnp.pi / jnp.tan(0.25 * jnp.pi * t)  # (pi/2) sin x / (1 - cos x) = (pi/2) cot(x/2); finite in f32 near 0
 
     @property
     def name(self) -> str:
