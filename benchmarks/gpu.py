@@ -9,7 +9,9 @@ Sections, each written to OUT/gpu_bench.json as soon as it finishes (a timeout k
   2. the bench-small training step (benchmarks/train_step.py) on the accelerator: ms/step, tokens/s,
      MFU against the data-sheet peak (mdiff.train.mfu);
   3. bf16 MFU of the ~1B preset (target >= 0.50 on an H100), median of timed steps;
-  4. the ancestral sampler on bench-small (benchmarks/sampler.py): s/step, overhead_vs_forward.
+  4. attention paths (model.attention explicit vs fused, jax.nn.dot_product_attention = cuDNN's fused
+     kernel for bf16 on NVIDIA GPUs): bench-small at seq 2048, ms/step of each and the loss difference;
+  5. the ancestral sampler on bench-small (benchmarks/sampler.py): s/step, overhead_vs_forward.
 OUT/gpu_bench.md is the same as a table for BENCHMARKS.md. Nothing is downloaded or installed.
 """
 
@@ -38,6 +40,7 @@ from mdiff.vocab import Modality, UnifiedVocab  # noqa: E402
 from mdiff.model import build_model  # noqa: E402
 from mdiff.model.aot import bare_train_step  # noqa: E402
 from mdiff.model.scaling import flops_per_token, resolve_shape  # noqa: E402
+from mdiff.model.transformer import DTYPES, fused_attention_implementation  # noqa: E402
 from mdiff.train.mfu import peak_flops_per_device  # noqa: E402
 
 SPECIALS = 15  # UnifiedVocab(text, image, audio).size == text + image + audio + SPECIALS
@@ -139,6 +142,40 @@ def large_mfu(args) -> dict:
     return out
 
 
+def attention_paths(args) -> dict:
+    """Train step with explicit vs fused attention (model.attention), same weights and batch, interleaved:
+    median ms/step of each, the ratio, and the first-step loss difference (the paths compute the same thing)."""
+    vocab = vocab_of_size(args.attn_vocab)
+    batches = [{k: jnp.asarray(v) for k, v in text_batch(vocab, args.attn_batch, args.attn_seq, s).items()} for s in range(2)]
+    tx = optax.adamw(3e-4, b2=0.95, weight_decay=0.1)
+    runs = {}
+    for path in ("explicit", "fused"):
+        model = build_model(dict(args.attn_model, dtype=args.attn_dtype), vocab, args.attn_seq, rngs=nnx.Rngs(0), attention=path)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        step = jax.jit(bare_train_step(graphdef, rest, tx, vocab))
+        opt_state = tx.init(params)
+        start = time.perf_counter()
+        compiled = step.lower(params, opt_state, batches[0], jax.random.key(1)).compile()
+        runs[path] = dict(fn=compiled, params=params, opt=opt_state, compile_s=time.perf_counter() - start, times=[],
+                          loss=float(compiled(params, opt_state, batches[0], jax.random.key(1))[2]))
+    for i in range(args.attn_warmup + args.attn_steps):
+        for path, r in runs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(r["fn"](r["params"], r["opt"], batches[i % 2], jax.random.key(i)))
+            if i >= args.attn_warmup:
+                r["times"].append(time.perf_counter() - t0)
+    out = {"model": args.attn_model, "dtype": args.attn_dtype, "seq": args.attn_seq, "batch": args.attn_batch,
+           "fused_implementation": fused_attention_implementation(DTYPES[args.attn_dtype]) or "xla"}
+    for path, r in runs.items():
+        out[path] = {"ms_per_step": 1e3 * statistics.median(r["times"]), "compile_s": r["compile_s"], "first_loss": r["loss"]}
+    out["speedup_fused_vs_explicit"] = out["explicit"]["ms_per_step"] / out["fused"]["ms_per_step"]
+    out["first_loss_rel_diff"] = abs(out["fused"]["first_loss"] - out["explicit"]["first_loss"]) / abs(out["explicit"]["first_loss"])
+    print(f"[attention] explicit {out['explicit']['ms_per_step']:.2f} ms, fused ({out['fused_implementation']}) "
+          f"{out['fused']['ms_per_step']:.2f} ms: x{out['speedup_fused_vs_explicit']:.2f}, "
+          f"loss rel diff {out['first_loss_rel_diff']:.1e}", flush=True)
+    return out
+
+
 def script_json(argv: list[str], timeout: float) -> dict:
     """Run another benchmark script and return its last stdout line (one JSON object)."""
     proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
@@ -165,6 +202,12 @@ def markdown(results: dict) -> str:
                   f"| {large['preset']} (remat={large['remat']}) | {large['params']:,} | {large['seq']} x {large['batch']} | "
                   f"{large['ms_per_step']:.1f} ({large['p10_ms']:.1f}-{large['p90_ms']:.1f}) | {large['tokens_per_s']:,.0f} | "
                   f"{large['mfu'] if large['mfu'] is None else round(large['mfu'], 3)} |"]
+    attn = results.get("attention", {})
+    if "fused" in attn:
+        lines += ["", f"| attention paths, {attn['model']} {attn['dtype']} seq {attn['seq']} x batch {attn['batch']} | "
+                  "explicit ms/step | fused ms/step | speedup | first-loss rel diff |", "|---|---|---|---|---|",
+                  f"| fused = {attn['fused_implementation']} | {attn['explicit']['ms_per_step']:.2f} | "
+                  f"{attn['fused']['ms_per_step']:.2f} | {attn['speedup_fused_vs_explicit']:.2f} | {attn['first_loss_rel_diff']:.1e} |"]
     sampler = results.get("sampler", {})
     if "forward_s" in sampler:
         lines += ["", "| sampler, bench-small | s/step | overhead_vs_forward | tokens/s |", "|---|---|---|---|"]
@@ -182,15 +225,20 @@ def main() -> None:
     parser.add_argument("--large-seq", type=int, default=2048)
     parser.add_argument("--large-batch", type=int, default=8)
     parser.add_argument("--remat", action="store_true", help="activation checkpointing in the large run")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: correctness,train_step,large,sampler")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: correctness,train_step,large,attention,sampler")
     args = parser.parse_args()
     if args.smoke:
         args.bench_model, args.bench_vocab, args.bench_seq, args.bench_batch = dict(size="cpu-xs"), 256, 32, 4
         args.large_preset, args.large_vocab, args.large_seq, args.large_batch = "cpu-s", 512, 64, 4
         args.large_warmup, args.large_steps = 1, 3
+        args.attn_model, args.attn_dtype, args.attn_vocab, args.attn_seq, args.attn_batch = dict(size="cpu-xs"), "float32", 256, 64, 2
+        args.attn_warmup, args.attn_steps = 1, 2
     else:
         args.bench_model, args.bench_vocab, args.bench_seq, args.bench_batch = dict(size="bench-small"), 4096, 256, 16
         args.large_vocab, args.large_warmup, args.large_steps = 65_536, 3, 15
+        # Long sequences are where the [B, H, L, L] scores cost most; bf16 so cuDNN's fused kernel applies.
+        args.attn_model, args.attn_dtype, args.attn_vocab, args.attn_seq, args.attn_batch = dict(size="bench-small"), "bfloat16", 4096, 2048, 8
+        args.attn_warmup, args.attn_steps = 3, 10
     out_dir = pathlib.Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
@@ -206,6 +254,7 @@ def main() -> None:
         ("correctness", lambda: correctness(args)),
         ("train_step", lambda: script_json(["benchmarks/train_step.py", *(["--quick"] if args.smoke else ["--steps", "20"])], 600)),
         ("large", lambda: large_mfu(args)),
+        ("attention", lambda: attention_paths(args)),
         ("sampler", lambda: script_json(["benchmarks/sampler.py", *(["--quick", "--steps", "16"] if args.smoke else ["--steps", "64", "--repeats", "2"])], 600)),
     ]
     for name, run in sections:

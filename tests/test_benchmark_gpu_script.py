@@ -21,5 +21,8 @@ def test_gpu_script_smoke_writes_its_tables(tmp_path):
     assert results["large"]["ms_per_step"] > 0 and results["large"]["params"] > 0
     assert 0 < results["large"]["mfu"] < 1
     assert results["sampler"]["steps_16"]["forward_passes"] == 16
+    attn = results["attention"]
+    assert attn["explicit"]["ms_per_step"] > 0 and attn["fused"]["ms_per_step"] > 0
+    assert attn["first_loss_rel_diff"] < 1e-5, attn  # the same computation on CPU (f32)
     table = (tmp_path / "gpu_bench.md").read_text()
-    assert "correctness float32" in table and "~1B preset" in table and "steps_16" in table
+    assert "correctness float32" in table and "~1B preset" in table and "steps_16" in table and "attention paths" in table
