@@ -99,10 +99,10 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     mode = rundir.prepare_workdir(args.workdir, config, resume=args.resume, overwrite=args.overwrite)
     try:
-        done = rundir.read_summary(args.workdir) if mode == "resume" else None
-        if done and done.get("status") == "complete" and not rundir.config_differences(rundir.read_config(args.workdir) or {}, rundir.config_dict(config)):
+        done = rundir.read_summary(args.workdir) if mode == "resume" and not args.resume else None
+        if done and done.get("status") == "complete":
             print(f"mdiff train: {args.workdir} is complete ({done.get('steps')} of {done.get('steps_planned')} steps); "
-                  "nothing to do (--overwrite trains it again)", file=sys.stderr)
+                  "nothing to do (--resume retrains steps whose checkpoint is lost; --overwrite starts afresh)", file=sys.stderr)
             return 0
         try:
             from mdiff.train.loop import train_and_evaluate

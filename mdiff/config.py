@@ -91,15 +91,32 @@ def _import_file(path: pathlib.Path) -> Any:
     return import_python_file(resolved, prefix="_mdiff_config_")
 
 
-def import_python_file(path: pathlib.Path, *, prefix: str) -> Any:
-    """Import a .py file by path (config and sweep files are not in a package)."""
+def import_python_file(path: pathlib.Path, *, prefix: str, error: type[ValueError] = ConfigError) -> Any:
+    """Import a .py file by path (config and sweep files are not in a package); a file that fails to load
+    (syntax error, an exception at import) raises `error` in one line naming the file and line."""
     name = f"{prefix}{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     assert module_spec and module_spec.loader
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - whatever the file does wrong, the user gets one line
+        sys.modules.pop(name, None)
+        raise error(f"file {str(path)!r} cannot be loaded: {describe_exception(e, path)}") from None
     return module
+
+
+def describe_exception(e: BaseException, path: pathlib.Path) -> str:
+    """`Type: message (FILE line N)`, N being the deepest line of `path` in the traceback (or the syntax error's)."""
+    line = e.lineno if isinstance(e, SyntaxError) else None
+    tb = e.__traceback__
+    while tb is not None:
+        if pathlib.Path(tb.tb_frame.f_code.co_filename).resolve() == pathlib.Path(path).resolve():
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    message = (e.msg if isinstance(e, SyntaxError) else str(e)).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {message}" + (f" ({pathlib.Path(path).name} line {line})" if line else "")
 
 
 def variants_of(module: Any) -> tuple[str, ...]:
@@ -116,7 +133,12 @@ def load_config(spec: str, overrides: Sequence[str] = (), *, check: bool = True)
     variant = parsed.variant or (known[0] if known else "")
     if known and variant not in known:
         raise ConfigError(f"config {str(parsed.path)!r}: unknown variant {variant!r}; known: {', '.join(known)}")
-    config = module.get_config(variant)
+    try:
+        config = module.get_config(variant)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"config {spec!r}: get_config({variant!r}) raised {describe_exception(e, parsed.path)}") from None
     if not isinstance(config, ConfigDict):
         raise ConfigError(f"config {spec!r}: get_config returned {type(config).__name__}, not a ConfigDict")
     apply_overrides(config, overrides)

@@ -1,6 +1,7 @@
 """The `mdiff` command: help everywhere, bad input as one line with exit code 2 and nothing written."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -99,3 +100,43 @@ def test_train_help_documents_the_lock_exit_statuses_and_variant_default(capsys)
         cli.main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "75 preempted" in out and "One trainer per workdir" in out and "first variant" in out
+
+
+@pytest.mark.parametrize("status, code", [("complete", 0), ("failed", 1), ("preempted", 75)])
+def test_train_exit_status_tells_preempted_from_done(tmp_path, monkeypatch, status, code):
+    """A scheduler reads the exit status: 75 (EX_TEMPFAIL) means stopped early with a checkpoint, resumable."""
+    import mdiff.train.loop
+
+    seen = {}
+
+    def fake_train(config, workdir):
+        from mdiff import rundir
+
+        seen["holder"] = rundir.lock_holder(workdir)  # the lock is held while training
+        return {"status": status}
+
+    monkeypatch.setattr(mdiff.train.loop, "train_and_evaluate", fake_train)
+    work = tmp_path / "run"
+    assert cli.main(["train", "--config", f"{TINY}:small", "--workdir", str(work)]) == code
+    import os
+
+    assert seen["holder"]["pid"] == os.getpid()
+    assert not work.exists()  # the lock went with the process's claim; the fake trainer wrote nothing
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("def get_config(variant)\n    return None\n", r"file '.*bad.py' cannot be loaded: SyntaxError: .*\(bad.py line 1\)"),
+        ("import no_such_module_xyz\n", r"cannot be loaded: ModuleNotFoundError: No module named 'no_such_module_xyz' \(bad.py line 1\)"),
+        ("VARIANTS = ('a',)\n\ndef get_config(variant):\n    return {}['model']\n",
+         r"get_config\('a'\) raised KeyError: 'model' \(bad.py line 4\)"),
+    ],
+)
+def test_a_broken_config_file_is_one_line_exit_2_nothing_written(tmp_path, capsys, source, message):
+    (tmp_path / "bad.py").write_text(source)
+    work = tmp_path / "run"
+    assert cli.main(["train", "--config", f"{tmp_path / 'bad.py'}:a", "--workdir", str(work)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mdiff train: error:") and "\n" not in err and re.search(message, err), err
+    assert not work.exists()

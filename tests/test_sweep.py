@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import pathlib
+import re
 import shlex
 import signal
 import subprocess
@@ -474,3 +475,23 @@ def test_emit_with_spaces_and_requeue_on_preemption(env, capsys, monkeypatch):
     second = subprocess.run(["bash", str(script_path)], env=run_env, capture_output=True, text=True)
     assert second.returncode == 0 and (env / "scontrol.txt").read_text() == "requeue 77_1\n"
     assert json.loads((out / "runs" / "width-64" / "summary.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("VARIANTS = ('a',\n", r"file '.*broken.py' cannot be loaded: SyntaxError: .*broken.py line 1"),
+        ("VARIANTS = ('a',)\n\ndef get_sweep(variant):\n    return 1 / 0\n",
+         r"sweep '.*broken.py:a': get_sweep\('a'\) raised ZeroDivisionError: division by zero \(broken.py line 4\)"),
+        ("VARIANTS = ('a',)\n\ndef get_sweep():\n    return None\n", r"get_sweep\('a'\) raised TypeError"),
+    ],
+)
+def test_a_broken_sweep_file_is_one_line_exit_2_nothing_written(env, capsys, source, message):
+    from mdiff.cli import main
+
+    (env / "broken.py").write_text(source)
+    for action in ("run", "emit"):
+        assert main(["sweep", action, f"{env / 'broken.py'}:a", "--out", str(env / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and re.search(message, err), err
+    assert not (env / "o").exists()

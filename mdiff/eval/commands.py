@@ -44,7 +44,35 @@ def configure_sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder: PNG / WAV / TXT files and samples.json")
     parser.add_argument("--seed", type=int, default=None, help="default: config.sampling.seed")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per sampler call (default: config.sampling.batch_size)")
+    _add_step(parser)
     _add_settings(parser)
+
+
+def _add_step(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="checkpoint step to use (default: the run's final step; an older one only when named here; "
+        "the output records the step). Reading never changes the run directory.",
+    )
+
+
+def _check_positive(flag: str, value: int | None) -> None:
+    from mdiff.diffusion.sampling import SamplingError
+
+    if value is not None and value < 1:
+        raise SamplingError(f"{flag}={value}: must be >= 1")
+
+
+def _check_out(out: pathlib.Path, *, folder: bool) -> None:
+    """--out must not name something of the other kind (a file for a folder, or a folder for a file)."""
+    from mdiff.diffusion.sampling import SamplingError
+
+    if folder and out.exists() and not out.is_dir():
+        raise SamplingError(f"--out {out}: is an existing file; name a folder (new or existing) for the samples")
+    if not folder and out.is_dir():
+        raise SamplingError(f"--out {out}: is a folder; name the result file, e.g. {out / 'eval_samples.json'}")
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str | None]:
@@ -72,16 +100,23 @@ def _load_condition(task: str, prompt: str | None, has_tokenizers: bool) -> Any:
     if prompt is None or not has_tokenizers or task not in ("i2t", "s2t"):
         return prompt
     path = pathlib.Path(prompt)
+    kind = "an image" if task == "i2t" else "a 16-bit PCM WAV"
     if not path.is_file():
-        raise SamplingError(f"task {task!r}: prompt {prompt!r} must be an {'image' if task == 'i2t' else 'WAV'} file")
+        raise SamplingError(f"task {task!r}: prompt {prompt!r} must be {kind} file")
     if task == "i2t":
         import numpy as np
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        return np.asarray(Image.open(path).convert("RGB"), np.uint8)
-    from mdiff.data.sources import parse_wav, resample
+        try:
+            return np.asarray(Image.open(path).convert("RGB"), np.uint8)
+        except (UnidentifiedImageError, OSError) as e:
+            raise SamplingError(f"task 'i2t': prompt {prompt!r} is not {kind} file ({type(e).__name__})") from None
+    from mdiff.data.sources import AudioError, parse_wav, resample
 
-    wav, rate = parse_wav(path.read_bytes())
+    try:
+        wav, rate = parse_wav(path.read_bytes())
+    except AudioError as e:
+        raise SamplingError(f"task 's2t': prompt {prompt!r} is not {kind} file: {e}") from None
     return resample(wav, rate)
 
 
@@ -133,17 +168,19 @@ def run_sample(args: argparse.Namespace) -> int:
     num = args.num if args.num is not None else (int(config.sampling.batch_size) if args.task == "text" and prompts == [None] else 1)
     if num < 1:
         raise SamplingError(f"--num={num}: must be >= 1")
+    _check_positive("--batch-size", args.batch_size)
+    out = pathlib.Path(args.out)
+    _check_out(out, folder=True)
     settings = _settings(config, args.task, args)
     _, tokenizers, _ = data_source(config)
     conditions = [_load_condition(args.task, p, tokenizers is not None) for p in prompts for _ in range(num)]
 
     from mdiff.eval.restore import load_run
 
-    run = load_run(args.workdir)
+    run = load_run(args.workdir, step=args.step)
     seed = int(config.sampling.seed if args.seed is None else args.seed)
-    batch_size = int(args.batch_size or config.sampling.batch_size)
+    batch_size = int(config.sampling.batch_size if args.batch_size is None else args.batch_size)
     spans, batch = generate(run, args.task, conditions, settings, seed=seed, batch_size=batch_size)
-    out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for i, (span, condition) in enumerate(zip(spans, conditions)):
@@ -153,6 +190,7 @@ def run_sample(args: argparse.Namespace) -> int:
     meta = {
         "workdir": str(args.workdir),
         "step": run.step,
+        "final_step": run.final_step,
         "task": args.task,
         "seed": seed,
         "batch_size": batch_size,
@@ -210,11 +248,11 @@ def configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, default=None, help="samples per task (default: config.sampling.num_eval_samples)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", default=None, help="result file (default: WORKDIR/eval_samples.json)")
+    _add_step(parser)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from mdiff import rundir
-    from mdiff.diffusion.sampling import SamplingError
     from mdiff.eval.evaluate import EVAL_FILE, evaluate_run
     from mdiff.eval.restore import load_run, read_run_config
     from mdiff.eval.tasks import check_task
@@ -223,11 +261,12 @@ def run_eval(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     for task in tasks:
         check_task(task, config)
-    if args.num_samples is not None and args.num_samples < 1:
-        raise SamplingError(f"--num-samples={args.num_samples}: must be >= 1")
-    run = load_run(args.workdir)
-    results = evaluate_run(run, tasks=tasks or None, num_samples=args.num_samples, seed=args.seed)
+    _check_positive("--num-samples", args.num_samples)
     path = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / EVAL_FILE
+    _check_out(path, folder=False)
+    run = load_run(args.workdir, step=args.step)
+    results = evaluate_run(run, tasks=tasks or None, num_samples=args.num_samples, seed=args.seed)
+    results["final_step"] = run.final_step
     rundir.write_json_atomic(path, results)
     for task, scores in results["tasks"].items():
         headline = {k: round(v, 4) for k, v in scores.items() if isinstance(v, float)}

@@ -2,7 +2,8 @@
 and the parameters.
 
 The model is rebuilt exactly as training builds it (`mdiff.train.loop.setup`: same shape, residual
-scale and mesh) and the newest readable checkpoint is restored through the training checkpointer.
+scale and mesh) and the run's final checkpoint is restored through the training checkpointer, read-only:
+reading a run changes nothing in its directory. An older step is used only when asked for by number.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class LoadedRun:
     graphdef: Any
     state: Any  # nnx.State of the parameters
     step: int
+    final_step: int | None = None  # the run's last step (step < final_step only when asked for with --step)
 
     @property
     def seq_len(self) -> int:
@@ -83,11 +85,23 @@ def data_source(config: ConfigDict) -> tuple[UnifiedVocab, Any, str]:
     return tokenizers.vocab, tokenizers, path
 
 
-def load_run(workdir: str | pathlib.Path) -> LoadedRun:
-    """Rebuild the run's model and restore its newest checkpoint (error if there is none)."""
+def final_step(workdir: str | pathlib.Path, on_disk: list[int]) -> int | None:
+    """The run's last step: its newest checkpoint, or the step summary.json says it completed at."""
+    from mdiff import rundir
+
+    summary = rundir.read_summary(workdir) or {}
+    done = [int(summary["steps"])] if summary.get("status") == "complete" and summary.get("steps") is not None else []
+    return max(on_disk + done, default=None)
+
+
+def load_run(workdir: str | pathlib.Path, step: int | None = None) -> LoadedRun:
+    """Rebuild the run's model and restore checkpoint `step` (default: the run's final step), read-only.
+
+    A final step that is missing or unreadable is an error naming the newest older step to ask for.
+    """
     from mdiff import rundir
     from mdiff.train import loop
-    from mdiff.train.checkpoint import Checkpointer
+    from mdiff.train.checkpoint import CheckpointError, Checkpointer
 
     workdir = pathlib.Path(workdir)
     config = read_run_config(workdir)
@@ -96,16 +110,28 @@ def load_run(workdir: str | pathlib.Path) -> LoadedRun:
     checkpoints = workdir / rundir.CHECKPOINT_DIR
     if not checkpoints.is_dir():
         raise rundir.WorkdirError(f"--workdir {workdir}: no {rundir.CHECKPOINT_DIR}/ to sample from")
-    checkpointer = Checkpointer(checkpoints, use_async=False)
+    checkpointer = Checkpointer(checkpoints, read_only=True)
     try:
-        restored = checkpointer.restore(run.abstract_state, check_meta=loop.shape_checker(run))
+        on_disk = checkpointer.steps()
+        final = final_step(workdir, on_disk)
+        want = final if step is None else int(step)
+        if want is None:
+            raise rundir.WorkdirError(f"--workdir {workdir}: {rundir.CHECKPOINT_DIR}/ holds no checkpoint")
+        older = [s for s in on_disk if s < want]
+        hint = (f"; pass --step {older[-1]} to use the newest older one" if older else "; no older checkpoint to use") + (
+            ", or retrain the lost steps with `mdiff train --resume`" if step is None else ""
+        )
+        if want not in on_disk:
+            what = "the run's final step" if step is None else "--step"
+            raise rundir.WorkdirError(f"--workdir {workdir}: no checkpoint of step {want} ({what}); on disk: {on_disk}{hint}")
+        try:
+            state, _ = checkpointer.restore_step(want, run.abstract_state, check_meta=loop.shape_checker(run))
+        except CheckpointError as e:
+            raise rundir.WorkdirError(f"--workdir {workdir}: {e}{hint}") from None
     finally:
         checkpointer.close()
-    if restored is None:
-        raise rundir.WorkdirError(f"--workdir {workdir}: {rundir.CHECKPOINT_DIR}/ holds no readable checkpoint")
-    step, state, _ = restored
     params = jax.tree.map(lambda x: x, run.abstract_params)
     nnx.replace_by_pure_dict(params, state["params"])
     model = nnx.merge(run.graphdef, params)
     graphdef, model_state = nnx.split(model)
-    return LoadedRun(workdir, config, vocab, tokenizers, name, graphdef, model_state, int(step))
+    return LoadedRun(workdir, config, vocab, tokenizers, name, graphdef, model_state, int(want), final)

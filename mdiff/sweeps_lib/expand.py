@@ -7,7 +7,7 @@ import math
 import pathlib
 from typing import Any
 
-from mdiff.config import import_python_file
+from mdiff.config import describe_exception, import_python_file
 from mdiff.sweeps_lib.define import Point, Sweep, SweepError, override_args, point_name, short_keys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
@@ -69,10 +69,14 @@ def load_sweep(spec: str) -> Sweep:
         raise SweepError(f"sweep {spec!r}: unknown variant {variant!r}; known: {', '.join(variants)}")
     try:
         result = module.get_sweep(variant, **kwargs)
+    except SweepError:
+        raise
     except TypeError as e:
         if not kwargs:
-            raise
+            raise SweepError(f"sweep {spec!r}: get_sweep({variant!r}) raised {describe_exception(e, path)}") from None
         raise SweepError(f"sweep {spec!r}: get_sweep does not take {sorted(kwargs)} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a bug in the sweep file: one line naming where
+        raise SweepError(f"sweep {spec!r}: get_sweep({variant!r}) raised {describe_exception(e, path)}") from None
     if not isinstance(result, Sweep):
         raise SweepError(f"sweep {spec!r}: get_sweep returned {type(result).__name__}, not a Sweep")
     result.name = f"{path.stem}:{','.join([variant, *arg_items])}" if variant else path.stem
@@ -80,7 +84,7 @@ def load_sweep(spec: str) -> Sweep:
 
 
 def _import(path: pathlib.Path) -> Any:
-    return import_python_file(path, prefix="_mdiff_sweep_")
+    return import_python_file(path, prefix="_mdiff_sweep_", error=SweepError)
 
 
 # ---------------------------------------------------------------------------------------------

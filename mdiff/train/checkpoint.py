@@ -8,8 +8,9 @@ Each step directory holds two items, saved and finalised as one:
 
 Orbax writes a step into a temporary directory and renames it when complete, so a run killed mid-save
 leaves the previous steps intact. A step that is complete on disk but unreadable (truncated or
-corrupted files) is detected at restore: it is moved aside with a warning and the previous step is
-used instead.
+corrupted files) is detected at restore: training moves it aside with one warning and uses the previous
+step. Readers (`read_only=True`: `mdiff sample`, `mdiff eval`) change nothing on disk: they restore one
+named step (`restore_step`) and report an unreadable one as an error.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import base64
 import logging
 import pathlib
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -56,15 +58,26 @@ def from_json_safe(value: Any) -> Any:
 class Checkpointer:
     """Save every so often, keep the last `keep`, restore the newest readable step."""
 
-    def __init__(self, directory: str | pathlib.Path, *, keep: int = 2, use_async: bool = True):
+    def __init__(self, directory: str | pathlib.Path, *, keep: int = 2, use_async: bool = True, read_only: bool = False):
         self.directory = pathlib.Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            enable_async_checkpointing=use_async,
-            create=True,
-            cleanup_tmp_directories=True,  # leftovers of a save cut short by a kill
-        )
-        self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+        self.read_only = read_only
+        if read_only:  # no saving, deleting, creating or cleaning: a trainer may be writing here right now
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, enable_async_checkpointing=False, create=False, save_interval_steps=0, max_to_keep=None
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                enable_async_checkpointing=use_async,
+                create=True,
+                cleanup_tmp_directories=True,  # leftovers of a save cut short by a kill
+            )
+        absl_log = logging.getLogger("absl")
+        absl_log.addFilter(_read_only_notice)  # orbax warns that read-only is read-only: as asked, not news
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+        finally:
+            absl_log.removeFilter(_read_only_notice)
 
     # -- saving -------------------------------------------------------------------------------
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
@@ -102,36 +115,35 @@ class Checkpointer:
         `check_meta(meta)` runs before the arrays are read and may raise (a checkpoint of another model
         shape is an error, not a corrupt step). Returns (step, state, meta), or None if there is none.
         """
+        if self.read_only:
+            raise CheckpointError("a read-only Checkpointer restores one named step (restore_step), never sets one aside")
         for step in reversed(self.steps()):
             try:
-                meta = self.read_meta(step)
-            except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
+                state, meta = self.restore_step(step, abstract_state, check_meta=check_meta)
+            except CheckpointError as e:
                 self._set_aside(step, e)
                 continue
-            if check_meta is not None:
-                check_meta(meta)
-            try:
-                restored = self._manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-                )
-            except Exception as e:  # noqa: BLE001
-                self._set_aside(step, e)
-                continue
-            return step, restored["state"], meta
+            return step, state, meta
         return None
+
+    def restore_step(self, step: int, abstract_state: Any, *, check_meta=None) -> tuple[Any, dict[str, Any]]:
+        """(state, meta) of `step`; CheckpointError (one line) if it is unreadable. Changes nothing on disk."""
+        try:
+            meta = self.read_meta(step)
+        except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
+            raise _unreadable(step, e) from None
+        if check_meta is not None:
+            check_meta(meta)  # another model shape is a config error, not a damaged step
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        except Exception as e:  # noqa: BLE001
+            raise _unreadable(step, e) from None
+        return restored["state"], meta
 
     def _set_aside(self, step: int, error: BaseException) -> None:
         """Move an unreadable step out of orbax's sight so later saves of that step can proceed."""
         path = self.directory / str(step)
-        log.warning(
-            "checkpoint step %d in %s is unreadable (%s: %s); moving it to %s%s and using the previous one",
-            step,
-            self.directory,
-            type(error).__name__,
-            str(error).splitlines()[0][:200] if str(error) else "",
-            path.name,
-            CORRUPT_SUFFIX,
-        )
+        log.warning("%s in %s; moving it to %s%s and using the previous one", error, self.directory, path.name, CORRUPT_SUFFIX)
         if jax.process_index() == 0 and path.exists():
             target = path.with_name(path.name + CORRUPT_SUFFIX)
             if target.exists():
@@ -139,6 +151,35 @@ class Checkpointer:
             path.rename(target)
         _sync("mdiff_checkpoint_set_aside")
         self._manager.reload()
+
+
+def _read_only_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+def _unreadable(step: int, error: BaseException) -> CheckpointError:
+    """One line naming the step and the first line of the reader's error; the abandoned reads stay quiet."""
+    _quiet_abandoned_reads()
+    first = str(error).splitlines()[0][:200] if str(error) else ""
+    return CheckpointError(f"checkpoint step {step} is unreadable ({type(error).__name__}: {first})")
+
+
+def _quiet_abandoned_reads() -> None:
+    """A failed restore leaves orbax's other reads of that step running; their callbacks then reach an event
+    loop that is closed and each prints a `RuntimeError: Event loop is closed` traceback (sys.unraisablehook).
+    Those are the aftermath of the error already reported: drop exactly them; anything else still prints."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_mdiff_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._mdiff_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _sync(name: str) -> None:
