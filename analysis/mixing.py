@@ -5,12 +5,18 @@ weighted sum of per-modality losses, each optionally divided by its best value o
 with different loss scales count alike. Besides the best observed mix, a Scheffe quadratic mixture model
 (sum b_i x_i + sum_{i<j} b_ij x_i x_j) is fitted to the objective when there are enough points and minimised
 over a fine simplex grid: the predicted best mix, which may lie between grid points.
+
+The trade-off curves put each modality's loss against its own share of the tokens (mean and 95% t-interval
+over seeds). Training's own evaluation scores each run on validation batches drawn with that run's mix;
+`common_token_losses` substitutes the `mdiff nelbo --mix ...` scores, which put every run on the same tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import pathlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -118,3 +124,71 @@ def analyse_mixing(
     else:
         notes.append(f"{len(valid)} mixes: too few for the quadratic mixture model ({features.shape[1]} terms)")
     return MixingResult(frame, modalities, dict(weights), best_observed, predicted, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trade-off curves: each modality's loss against its own share, with intervals over seeds
+# ---------------------------------------------------------------------------------------------
+def tradeoff(df: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """One row per (mix, modality): the modality's own fraction, its loss's mean and t-interval over seeds."""
+    from analysis.schedules import t_interval
+
+    columns = mix_columns(df)
+    if len(columns) < 2:
+        raise AnalysisError("trade-off curves need at least two varying mix columns (data.mix.<modality>)")
+    done, _ = table.keep_complete(df)
+    fractions = np.stack([table.finite_column(done, c) for c in columns.values()], axis=1)
+    fractions = np.round(fractions / fractions.sum(axis=1, keepdims=True), 6)
+    keys = pd.DataFrame(fractions, columns=list(columns), index=done.index)
+    rows = []
+    for mix, group in done.groupby([keys[m] for m in columns]):
+        for modality in columns:
+            column = f"loss_{modality}"
+            if column not in group.columns:
+                continue
+            mean, lo, hi = t_interval(pd.to_numeric(group[column], errors="coerce").to_numpy(float), level)
+            rows.append(dict(zip(columns, mix), modality=modality, own_fraction=dict(zip(columns, mix))[modality],
+                             mean=mean, ci_lo=lo, ci_hi=hi, n_seeds=len(group)))
+    return pd.DataFrame(rows)
+
+
+def common_token_losses(sweep_dir: str | pathlib.Path, df: pd.DataFrame) -> pd.DataFrame:
+    """results.csv rows with loss_<modality> replaced by each run's `mdiff nelbo` estimate (reference schedule),
+    i.e. every run scored on the same validation tokens; runs without that file are left out."""
+    from mdiff.eval.nelbo import NELBO_FILE
+
+    out = []
+    for _, row in df.iterrows():
+        path = pathlib.Path(sweep_dir, "runs", str(row["name"]), NELBO_FILE)
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())
+        values = {r["modality"]: r["mean"] for r in d["results"] if r["schedule"] == d["reference"]}
+        new = row.copy()
+        for modality, value in values.items():
+            new["loss" if modality == "all" else f"loss_{modality}"] = value
+        new["eval_mix"] = json.dumps(d.get("mix"), sort_keys=True)
+        out.append(new)
+    return pd.DataFrame(out)
+
+
+def plot_tradeoff(curves: pd.DataFrame, out: str | pathlib.Path, *, title: str = "") -> list[pathlib.Path]:
+    """One panel per modality: its loss against its own token share (every mix, 95% interval over seeds),
+    the line joining the mean at each share."""
+    from analysis import plots
+
+    with plots.plt.rc_context(plots.STYLE):
+        modalities = list(dict.fromkeys(curves.modality))
+        fig, axes = plots._figure(ncols=len(modalities), width=2.8 * len(modalities) + 0.6, height=3.0)
+        for ax, modality in zip(axes[0], modalities):
+            g = curves[curves.modality == modality].sort_values("own_fraction")
+            color = plots.COLORS.get(f"loss_{modality}")
+            ax.errorbar(g.own_fraction, g["mean"], yerr=np.vstack([g["mean"] - g.ci_lo, g.ci_hi - g["mean"]]),
+                        fmt="o", ms=3.5, capsize=2, color=color, alpha=0.8)
+            line = g.groupby("own_fraction")["mean"].mean()
+            ax.plot(line.index, line.values, color=color, lw=1)
+            ax.set(xlabel=f"{modality} share of training tokens", title=f"loss_{modality}")
+        axes[0, 0].set_ylabel("validation NELBO (nats/token)")
+        if title:
+            fig.suptitle(title, fontsize=9)
+        return plots.save(fig, out)

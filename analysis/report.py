@@ -7,7 +7,9 @@ runs/<name>/, results.csv; see mdiff.sweeps_lib.state):
 * IsoFLOP when there are >= 2 compute budgets with >= 3 model sizes each;
 * batch size when a batch column varies (gamma too when a `kappa` column exists);
 * mixing when >= 2 `data.mix.<modality>` columns vary;
-* schedules when a `diffusion.schedule...` column varies;
+* schedules when a `diffusion.schedule...` column varies (with `mdiff nelbo` / `mdiff eval` files in runs/<name>/:
+  the trained schedules on one estimator, and sample quality);
+* schedule invariance when runs/<name>/ hold `mdiff nelbo` files with two or more schedules;
 * sampling quality vs steps when a sampling-steps column varies.
 An analysis that cannot run on this table becomes a short note, never a crash of the whole report.
 
@@ -244,7 +246,19 @@ def mixing_section(ctx: Context) -> Section | None:
     if result.best_predicted:
         best.append(dict(which="quadratic-model optimum", **result.best_predicted))
     notes = [f"objective: sum of {', '.join(result.weights)} (each divided by its best value over the grid), weights {result.weights}"] + result.notes
-    return Section("Modality mixing", images=images, tables=[("Best mix", pd.DataFrame(best)), ("Grid", result.frame)], notes=notes)
+    tables = [("Best mix", pd.DataFrame(best)), ("Grid", result.frame)]
+    curves = mixing.tradeoff(ctx.df)
+    ctx.outputs["mixing_tradeoff"] = curves.to_dict(orient="records")
+    images += ctx.rel(mixing.plot_tradeoff(curves, ctx.figure("mixing_tradeoff"), title="training's own evaluation (each run's mix)"))
+    tables.append(("Trade-off: loss per modality against its share (training's evaluation; 95% t-interval over seeds)", curves))
+    common = mixing.common_token_losses(ctx.report_dir.parent, ctx.df)
+    if not common.empty:
+        curves = mixing.tradeoff(common)
+        ctx.outputs["mixing_tradeoff_common"] = curves.to_dict(orient="records")
+        title = f"every run on the same validation tokens (mix {common.eval_mix.iloc[0]})"
+        images += ctx.rel(mixing.plot_tradeoff(curves, ctx.figure("mixing_tradeoff_common"), title=title))
+        tables.append((f"Trade-off, {title}: `mdiff nelbo` estimates, 95% t-interval over seeds", curves))
+    return Section("Modality mixing", images=images, tables=tables, notes=notes)
 
 
 def schedules_section(ctx: Context) -> Section | None:
@@ -253,7 +267,31 @@ def schedules_section(ctx: Context) -> Section | None:
     summary = schedules.schedule_summary(ctx.df)
     ctx.outputs["schedules"] = summary.to_dict(orient="records")
     images = ctx.rel(plots.schedules(summary, ctx.figure("schedules")))
-    return Section("Noise schedules", images=images, tables=[("Loss by schedule (95% t-interval over seeds)", summary)])
+    tables = [("Loss by schedule: training's evaluation, each run under its own schedule (95% t-interval over seeds)", summary)]
+    common = schedules.common_estimate(ctx.report_dir.parent, ctx.df)
+    if not common.empty:
+        ctx.outputs["schedules_common_estimator"] = common.to_dict(orient="records")
+        tables.append(("NELBO of each trained model under one estimator (`mdiff nelbo` reference schedule, same tokens "
+                       "and noise for every run; 95% t-interval over seeds, mc_se = Monte Carlo error)", common))
+    quality = schedules.sample_quality(ctx.report_dir.parent, ctx.df)
+    if not quality.empty:
+        ctx.outputs["schedules_sample_quality"] = quality.to_dict(orient="records")
+        images += ctx.rel(schedules.plot_sample_quality(quality, ctx.figure("schedules_sample_quality")))
+        tables.append(("Sample quality by trained schedule (`mdiff eval`; 95% t-interval over seeds)", quality))
+    return Section("Noise schedules", images=images, tables=tables)
+
+
+def schedule_invariance_section(ctx: Context) -> Section | None:
+    inv = schedules.invariance_table(ctx.report_dir.parent)
+    if inv.empty or inv.schedule.nunique() < 2:
+        return None
+    ctx.outputs["schedule_invariance"] = inv.to_dict(orient="records")
+    images = ctx.rel(schedules.plot_invariance(inv, ctx.figure("schedule_invariance")))
+    notes = ["At a fixed trained model the continuous-time bound does not depend on the schedule: each schedule's "
+             "estimate (mean +- SE over independent draws of t and masks, same validation tokens) should agree with "
+             "the reference's.", schedules.invariance_verdict(inv)]
+    return Section("Schedule invariance at a fixed model", images=images, notes=notes,
+                   tables=[("NELBO per estimating schedule (nats/token); diff = paired difference from the reference", inv)])
 
 
 def sampling_section(ctx: Context) -> Section | None:
@@ -294,6 +332,7 @@ ANALYSES: tuple[tuple[str, Callable[[Context], Section | None]], ...] = (
     ("batch", batch_section),
     ("mixing", mixing_section),
     ("schedules", schedules_section),
+    ("schedule invariance", schedule_invariance_section),
     ("sampling", sampling_section),
 )
 

@@ -61,3 +61,31 @@ def test_cpu_scaling_is_an_isoflop_grid_for_a_real_fit():
         assert max(g) / min(g) < 1.1, g
     assert groups[1][0] / groups[0][0] == pytest.approx(2, rel=0.1)
     assert groups[2][0] / groups[1][0] == pytest.approx(2, rel=0.1)
+
+
+def test_cpu_wide_scaling_widens_the_quickstart_grid():
+    """cpu-wide keeps the quickstart's 12 points (same names, so their runs can be reused) and adds cpu-l and an
+    8C budget: at least 1.4 decades of non-embedding parameters and 1.6 decades of tokens."""
+    import math
+
+    from mdiff.config import load_config
+    from mdiff.model.scaling import PRESETS, param_counts
+    from mdiff.sweeps_lib.grids import vocab_size_of
+
+    quick, wide = expand(load_sweep("scaling:cpu")), expand(load_sweep("scaling:cpu-wide"))
+    assert len(wide) == 20 and {r.name for r in quick} <= {r.name for r in wide}
+    vocab = vocab_size_of(load_config(load_sweep("scaling:cpu-wide").config))
+    n = [param_counts(PRESETS[r.overrides["model.size"]], vocab)["non_embedding"] for r in wide]
+    d = [r.overrides["train.tokens"] for r in wide]
+    assert math.log10(max(n) / min(n)) >= 1.4 and math.log10(max(d) / min(d)) >= 1.6
+
+
+def test_cpu_mixing_and_schedule_studies_have_seeds():
+    mixing = expand(load_sweep("mixing:cpu"))
+    mixes = {tuple(r.overrides[f"data.mix.{m}"] for m in ("text", "image", "audio")) for r in mixing}
+    assert len(mixes) == 6 and all(abs(sum(m) - 1) < 1e-9 and min(m) >= 0.2 - 1e-9 for m in mixes)
+    assert {r.overrides["seed"] for r in mixing} == {0, 1} and len(mixing) == 8
+    schedules = expand(load_sweep("schedules:cpu"))
+    per_run = [{r.overrides[f"diffusion.schedule.{m}"] for m in ("text", "image", "audio")} for r in schedules]
+    assert all(len(s) == 1 for s in per_run) and len({frozenset(s) for s in per_run}) == 3
+    assert {r.overrides["seed"] for r in schedules} == {0, 1} and len(schedules) == 6
