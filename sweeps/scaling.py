@@ -6,6 +6,9 @@ results.csv (approach 3) and read the IsoFLOP minima (approach 2).
 
 Variants:
   cpu   the quickstart grid: 4 CPU presets x 3 budgets (12 runs, a few minutes on 2 cores)
+  cpu-wide  the quickstart grid widened for the per-modality fits: 5 presets (cpu-l added: 1.5 decades of
+        non-embedding parameters) x 4 budgets (8C added: 1.7 decades of tokens); 20 runs, 12 of them the
+        quickstart's own points (same names and configs, so a directory seeded with those runs trains 8)
   test  2 runs on the synthetic dataset, seconds each (tests of the runner and the quickstart)
   pod   3 budgets (1e18, 1e19, 1e20 FLOPs) x the 5 of 8 explicit shapes (11M ... 1.2B non-embedding
         parameters) around each budget's compute-optimal size
@@ -15,13 +18,16 @@ Variants:
 from mdiff.sweep import Sweep, chain, product, sweep
 from mdiff.sweeps_lib.grids import isoflop
 
-VARIANTS = ("cpu", "test", "pod")
+VARIANTS = ("cpu", "cpu-wide", "test", "pod")
 
 CPU_CONFIG = "experiments/quickstart.py:cpu-s"
 CPU_SIZES = ("cpu-xxs", "cpu-xs", "cpu-s", "cpu-m")
 # The quickstart's one time knob. Smallest budget: cpu-m (3.3 MFLOP/token with the embedded vocabulary)
 # for ~48 steps of 8 x 128 tokens; the largest gives cpu-xxs ~700 steps. 12 runs, a few minutes on 2 cores.
 CPU_BUDGET = 1.6e11
+CPU_BUDGETS = (CPU_BUDGET, 2 * CPU_BUDGET, 4 * CPU_BUDGET)
+WIDE_SIZES = (*CPU_SIZES, "cpu-l")
+WIDE_BUDGETS = (*CPU_BUDGETS, 8 * CPU_BUDGET)
 CPU_COMMON = {
     "train.batch": 8,
     "train.eval_every": 0,  # evaluate once, at the end: that is the number the fit uses
@@ -49,8 +55,11 @@ POD_BUDGETS = {1e18: POD_LADDER[0:5], 1e19: POD_LADDER[1:6], 1e20: POD_LADDER[3:
 
 def get_sweep(variant: str) -> Sweep:
     if variant == "cpu":
-        points = isoflop(CPU_CONFIG, CPU_SIZES, [CPU_BUDGET, 2 * CPU_BUDGET, 4 * CPU_BUDGET], min_steps=20, common=CPU_COMMON)
+        points = isoflop(CPU_CONFIG, CPU_SIZES, CPU_BUDGETS, min_steps=20, common=CPU_COMMON)
         return Sweep(config=CPU_CONFIG, points=points, common=CPU_COMMON, description="quickstart IsoFLOP grid")
+    if variant == "cpu-wide":
+        points = isoflop(CPU_CONFIG, WIDE_SIZES, WIDE_BUDGETS, min_steps=20, common=CPU_COMMON)
+        return Sweep(config=CPU_CONFIG, points=points, common=CPU_COMMON, description="widened IsoFLOP grid")
     if variant == "test":
         points = product(sweep("model.size", ["cpu-xxs", "cpu-xs"]), sweep("train.tokens", [8 * 32 * 8]))
         return Sweep(config="experiments/quickstart.py:test", points=points, description="runner smoke test")
