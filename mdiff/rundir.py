@@ -346,6 +346,7 @@ class WorkdirBusy(WorkdirError):
 class _HeldLock:
     fd: int
     created: pathlib.Path | None  # the top-most directory this lock had to create (removed if left empty)
+    owner: int  # the pid that took it: a forked child never releases its parent's lock
 
 
 _HELD: dict[pathlib.Path, _HeldLock] = {}
@@ -445,7 +446,7 @@ def acquire_workdir(workdir: str | os.PathLike, *, overwrite: bool = False) -> b
     os.ftruncate(fd, 0)
     os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
     os.fsync(fd)
-    _HELD[path] = _HeldLock(fd, created)
+    _HELD[path] = _HeldLock(fd, created, os.getpid())
     return True
 
 
@@ -453,7 +454,7 @@ def release_workdir(workdir: str | os.PathLike) -> None:
     """Drop this process's lock on `workdir` (removing the lock file, and the folder if it made it and it is empty)."""
     path = pathlib.Path(workdir).absolute()
     held = _HELD.pop(path, None)
-    if held is None:
+    if held is None or held.owner != os.getpid():
         return
     (path / LOCK_FILE).unlink(missing_ok=True)  # still locked: no other process can hold this inode
     os.close(held.fd)
