@@ -81,6 +81,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--account", default="")
     p.add_argument("--max-concurrent", type=int, default=0, help="at most this many points at once")
     p.add_argument("--python", default="", help="interpreter on the cluster (default: this one)")
+    p.add_argument("--term-before", type=int, default=300, metavar="SECONDS",
+                   help="SLURM sends SIGTERM this long before the time limit; the run checkpoints, exits 75 "
+                   "and the task requeues itself (default 300)")
     p.add_argument("--force", action="store_true", help="use a directory that holds another sweep definition")
 
     sub.add_parser("list", help="the shipped sweeps, their variants and point counts")
@@ -145,7 +148,7 @@ def _cmd_emit(args: argparse.Namespace) -> int:
     sw, runs, sweep_dir = prepare(args.sweep, args.out, force=args.force)
     options = SlurmOptions(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, time=args.time, partition=args.partition,
-        account=args.account, max_concurrent=args.max_concurrent, python=args.python,
+        account=args.account, max_concurrent=args.max_concurrent, python=args.python, term_before_s=args.term_before,
     )
     for path in emit(sw, runs, sweep_dir, args.launcher, options):
         print(f"wrote {path}")

@@ -449,7 +449,7 @@ def test_emit_with_spaces_and_requeue_on_preemption(env, capsys, monkeypatch):
             return Sweep(config="{env}/exp.py:tiny", points=sweep("model.width", [32, 64]))
     '''))
     out = env / "my pod" / "o'brien"
-    assert main(["sweep", "emit", f"{sweep_file}:a", "--out", str(out), "--python", str(env / "fakepy")]) == 0
+    assert main(["sweep", "emit", f"{sweep_file}:a", "--out", str(out), "--python", str(env / "fakepy"), "--term-before", "120"]) == 0
     printed = capsys.readouterr().out
     submit = printed.split("submit with: ", 1)[1].split("; then: ")
     assert shlex.split(submit[0]) == ["sbatch", str(out / "launch" / "slurm.sh")]
@@ -458,7 +458,7 @@ def test_emit_with_spaces_and_requeue_on_preemption(env, capsys, monkeypatch):
     script = script_path.read_text()
     output_line = next(line for line in script.splitlines() if line.startswith("#SBATCH --output="))
     assert shlex.split(output_line[len("#SBATCH "):]) == [f"--output={out}/logs/%x-%A_%a.log"]
-    assert "#SBATCH --requeue" in script and "#SBATCH --signal=TERM@300" in script
+    assert "#SBATCH --requeue" in script and "#SBATCH --signal=TERM@120" in script
     subprocess.run(["bash", "-n", str(script_path)], check=True)
 
     (env / "bin").mkdir()

@@ -366,7 +366,8 @@ class _Loop:
         self.start = start
         self.wall_before = wall_before
         self.started = started
-        self.tokens_per_step = run.plan.batch * run.plan.seq_len
+        self.tokens_per_step = run.plan.batch * run.plan.seq_len  # processed (what the model computes on)
+        self.data_tokens_per_step = self.tokens_per_step // pipeline.repeat  # distinct data tokens (anti-masking: half)
         t = self.config.train
         self.metrics = rundir.JsonlWriter(run.workdir / rundir.METRICS_FILE, keep_until_step=start)
         self.evals = rundir.JsonlWriter(run.workdir / rundir.EVAL_FILE, keep_until_step=start)
@@ -420,7 +421,8 @@ class _Loop:
         flops_per_s = tokens_per_s * self.run_.flops_per_token
         rec = {
             "step": step,
-            "tokens": step * self.tokens_per_step,
+            "tokens": step * self.data_tokens_per_step,
+            "tokens_processed": step * self.tokens_per_step,
             "flops": step * self.tokens_per_step * self.run_.flops_per_token,
             "wall_s": self.wall(),
             **{k: v for k, v in losses.items() if k.startswith(("loss", "fill_share"))},
@@ -438,7 +440,7 @@ class _Loop:
     def run_eval(self, state: dict, step: int) -> None:
         result = self.evaluate(state["params"])
         self.last_eval = result
-        self.evals.write({"step": step, "tokens": step * self.tokens_per_step, **result})
+        self.evals.write({"step": step, "tokens": step * self.data_tokens_per_step, **result})
 
     def summary(self, status: str, step: int, **extra) -> dict[str, Any]:
         plan, counts = self.run_.plan, self.run_.counts
@@ -448,7 +450,8 @@ class _Loop:
             "params": counts["non_embedding"],
             "params_total": counts["total"],
             "params_embedding": counts["embedding"],
-            "tokens": step * self.tokens_per_step,
+            "tokens": step * self.data_tokens_per_step,
+            "tokens_processed": step * self.tokens_per_step,
             "flops": step * self.tokens_per_step * self.run_.flops_per_token,
             "steps": step,
             "steps_planned": plan.steps,
