@@ -93,6 +93,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;ma
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0}td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}
 th{background:#f4f4f4}figure{display:inline-block;margin:.5em}img{max-width:100%}.note{color:#775;font-size:.9em}
+.unidentified{color:#999;opacity:.75}.verdict{color:#a33;font-weight:600}
 nav a{margin-right:1em}
 """
 
@@ -152,66 +153,189 @@ def _finite_rows(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return df[ok]
 
 
-def _params_table(fit: scaling.ScalingFit) -> pd.DataFrame:
-    ci = fit.intervals()
-    rows = [dict(parameter=p, estimate=v, ci95=ci.get(p)) for p, v in fit.params.items()]
+def _interval(ci: list[float] | None) -> str:
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "–"
+
+
+def fit_table(fit: scaling.ScalingFit) -> pd.DataFrame:
+    """Parameters with 95% bootstrap intervals and the range the data allow (95% profile). For a fit that is
+    not identifiable the point estimates are withheld: only the ranges are shown."""
+    ci, ranges = fit.intervals(), fit.diagnostics.get("allowed_ranges", {})
+    fixed = fit.constraints.get("fixed", {})
     opt = fit.compute_optimal()
-    rows += [dict(parameter=k, estimate=opt[k], ci95=ci.get(k)) for k in ("a", "b", "N_coefficient", "D_coefficient")]
+    rows = []
+    for name, value in [*fit.params.items(), ("a", opt["a"]), ("b", opt["b"])]:
+        if name in fixed:
+            estimate = f"{_fmt(value)} (fixed: {fixed[name]['source']})"
+        else:
+            estimate = _fmt(value) if fit.identifiable else "not identified"
+        rows.append(dict(parameter=name, estimate=estimate, ci95=_interval(ci.get(name)) if fit.identifiable else "–",
+                         data_allow=_interval(ranges.get(name))))
     return pd.DataFrame(rows)
 
 
-def scaling_section(ctx: Context) -> Section | None:
-    df = _finite_rows(ctx.df, ["params", "tokens", ctx.loss]) if {"params", "tokens", ctx.loss} <= set(ctx.df.columns) else None
-    if df is None or not (table.varying(df, "params") and table.varying(df, "tokens")):
+def diagnostics_table(fit: scaling.ScalingFit) -> pd.DataFrame:
+    """The evidence behind the verdict, one row per check."""
+    dg = fit.diagnostics
+    conv = dg.get("convergence", {})
+    rows = [dict(check="verdict", result="identified" if fit.identifiable else "NOT IDENTIFIABLE: not a finding"),
+            dict(check="optimiser", result=f"{conv.get('converged')} of {conv.get('starts')} L-BFGS-B starts converged; "
+                                             f"best start converged: {conv.get('best_converged')}"),
+            dict(check="span (decades)", result=", ".join(f"{k} {v:.2f}" for k, v in dg.get("span_decades", {}).items())),
+            dict(check="at a bound", result="; ".join(f"{b['parameter']} ({b['side']})" for b in dg.get("at_bounds", [])) or "none"),
+            dict(check="near-tied optima that disagree", result=str(len(dg.get("near_ties", []))))]
+    for name, prof in dg.get("profiles", {}).items():
+        edge = f", reaches the {' and '.join(prof['reaches_edge'])} edge" if prof.get("reaches_edge") else ""
+        rows.append(dict(check=f"profile of {name} (95% threshold x{dg.get('profile_threshold_ratio', 1):.4f})",
+                         result=f"flat over {_interval(prof.get('flat_range'))}{edge}"))
+    rows += [dict(check="reason", result=r) for r in fit.reasons] + [dict(check="warning", result=w) for w in dg.get("warnings", [])]
+    v = fit.validation or {}
+    if v.get("skipped"):
+        rows.append(dict(check="validation by extrapolation", result=v["skipped"]))
+    elif v:
+        band = f"; {v['inside_prediction_band']} of {v['held_out']} inside the 95% prediction band" if "inside_prediction_band" in v else ""
+        rows.append(dict(check="validation by extrapolation",
+                         result=f"{v['rule']}: mean |error| {100 * v['mean_abs_rel_error']:.2f}% "
+                                f"{_interval([100 * x for x in v['mean_abs_rel_error_ci']]) + '%' if 'mean_abs_rel_error_ci' in v else ''}"
+                                f"{band}" + ("" if v.get("train_identifiable", True) else " (the reduced fit is not identifiable)")))
+    return pd.DataFrame(rows)
+
+
+def fit_html(fit: scaling.ScalingFit, caption: str) -> str:
+    """A fit's parameter table (greyed out when not identifiable) and its diagnostics."""
+    cls = "fit" if fit.identifiable else "fit unidentified"
+    verdict = ("" if fit.identifiable else
+               f"<p class='verdict'>Not identifiable: these data do not pin the law down; not a finding. "
+               f"{html.escape(' '.join(fit.reasons))}</p>")
+    return (f"<h3>{html.escape(caption)}</h3>{verdict}<div class='{cls}'>{table_html(fit_table(fit))}</div>"
+            f"<details><summary>diagnostics</summary>{table_html(diagnostics_table(fit))}</details>")
+
+
+def fit_markdown(fit: scaling.ScalingFit, caption: str) -> str:
+    verdict = "" if fit.identifiable else f"**Not identifiable: not a finding.** {' '.join(fit.reasons)}\n\n"
+    return f"**{caption}**\n\n{verdict}{table_markdown(fit_table(fit))}\n\n{table_markdown(diagnostics_table(fit))}\n"
+
+
+def _conventions(df: pd.DataFrame) -> list[str]:
+    """Non-embedding N, and total N too when the embeddings are a large share of the models."""
+    return list(scaling.N_CONVENTIONS) if scaling.embedding_heavy(df) else ["non-embedding"]
+
+
+def _fit_inputs(ctx: Context, convention: str, losses: Sequence[str]) -> pd.DataFrame | None:
+    """The complete runs with finite positive N (in the convention), tokens and losses, if N and D both vary."""
+    try:
+        column, _ = scaling.params_column(ctx.df, convention)
+    except AnalysisError:
         return None
-    fit = scaling.fit_scaling_law(df, ctx.loss, n_bootstrap=ctx.n_bootstrap, seed=ctx.seed)
-    if len(df) < len(ctx.df):
-        fit.notes.append(f"{len(ctx.df) - len(df)} complete run(s) without a finite positive {ctx.loss}/params/tokens left out")
-    ctx.outputs["scaling_fit"] = fit.to_json()
-    n, d, y = df.params.astype(float), df.tokens.astype(float), df[ctx.loss].astype(float)
-    images = ctx.rel(plots.loss_vs_compute(n, d, y, fit, ctx.figure("loss_vs_compute")))
-    images += ctx.rel(plots.fitted_vs_observed(n, d, y, fit, ctx.figure("fitted_vs_observed")))
-    notes = [f"L(N, D) = E + A/N^alpha + B/D^beta fitted to {fit.n_points} runs (Huber delta {fit.huber_delta:g} on log loss; "
-             f"{len(fit.bootstrap)} bootstrap refits; intervals are 95% percentile intervals)."] + fit.notes
-    return Section("Scaling law", images=images, tables=[("Fitted parameters", _params_table(fit))], notes=notes)
+    needed = [column, "tokens", *losses]
+    if not set(needed) <= set(ctx.df.columns):
+        return None
+    df = _finite_rows(ctx.df, needed)
+    if len(df) <= scaling.N_PARAMS or not (table.varying(df, column) and table.varying(df, "tokens")):
+        return None
+    return df
+
+
+def _plot_data(df: pd.DataFrame, convention: str, loss: str) -> tuple[np.ndarray, ...]:
+    column, _ = scaling.params_column(df, convention)
+    n, d = df[column].to_numpy(float), df.tokens.to_numpy(float)
+    return n, d, df[loss].to_numpy(float), scaling.table_compute(df, n, d)[1]
+
+
+def scaling_section(ctx: Context) -> Section | None:
+    html_parts, markdown, images, notes = [], [], [], []
+    for convention in _conventions(ctx.df):
+        df = _fit_inputs(ctx, convention, [ctx.loss])
+        if df is None:
+            continue
+        fit = scaling.fit_scaling_law(df, ctx.loss, params=convention, n_bootstrap=ctx.n_bootstrap, seed=ctx.seed)
+        if len(df) < len(ctx.df):
+            fit.notes.append(f"{len(ctx.df) - len(df)} complete run(s) without a finite positive {ctx.loss}/N/tokens left out")
+        key = "scaling_fit" if convention == "non-embedding" else f"scaling_fit_{convention}"
+        ctx.outputs[key] = fit.to_json()
+        n, d, y, compute = _plot_data(df, convention, ctx.loss)
+        suffix = "" if convention == "non-embedding" else f"_{convention}"
+        images += ctx.rel(plots.loss_vs_compute(n, d, y, fit, ctx.figure(f"loss_vs_compute{suffix}"), compute=compute,
+                                                title=f"Loss vs compute, N = {fit.n_label}"))
+        images += ctx.rel(plots.fitted_vs_observed(n, d, y, fit, ctx.figure(f"fitted_vs_observed{suffix}")))
+        caption = f"{ctx.loss}, N = {fit.n_label}"
+        html_parts.append(fit_html(fit, caption))
+        markdown.append(fit_markdown(fit, caption))
+        notes += [f"{caption}: L(N, D) = E + A/N^alpha + B/D^beta fitted to {fit.n_points} runs (Huber delta "
+                  f"{fit.huber_delta:g} on log loss; {len(fit.bootstrap)} bootstrap refits; 95% percentile intervals; "
+                  f"compute {fit.flops.describe()}, {fit.flops.source})."] + fit.notes
+    if not html_parts:
+        return None
+    if len(html_parts) > 1:
+        notes.append("The embeddings are a large share of these models, so the law is fitted with N both without and "
+                     "with embedding parameters: the exponents depend on the convention.")
+    return Section("Scaling law", images=images, notes=notes, body_html="".join(html_parts), markdown="\n".join(markdown))
 
 
 def per_modality_section(ctx: Context) -> Section | None:
-    if not {"params", "tokens"} <= set(ctx.df.columns):
+    html_parts, markdown, images, notes = [], [], [], []
+    for convention in _conventions(ctx.df):
+        fits, data = {}, {}
+        for column in MODALITY_LOSSES:
+            df = _fit_inputs(ctx, convention, [column]) if column in ctx.df.columns else None
+            if df is None:
+                continue
+            try:
+                fits[column] = scaling.fit_scaling_law(df, column, params=convention, n_bootstrap=ctx.n_bootstrap, seed=ctx.seed)
+            except AnalysisError as e:
+                notes.append(f"{column}: {e}")
+                continue
+            data[column] = _plot_data(df, convention, column)
+        if not fits:
+            continue
+        suffix = "" if convention == "non-embedding" else f"_{convention}"
+        ctx.outputs[f"per_modality_fits{suffix}"] = {c: f.to_json() for c, f in fits.items()}
+        images += ctx.rel(plots.per_modality(fits, data, ctx.figure(f"per_modality{suffix}")))
+        label = next(iter(fits.values())).n_label
+        for column, fit in fits.items():
+            html_parts.append(fit_html(fit, f"{column}, N = {label}"))
+            markdown.append(fit_markdown(fit, f"{column}, N = {label}"))
+        columns = list(fits)
+        both = _fit_inputs(ctx, convention, columns) if len(columns) >= 2 else None
+        if both is not None:
+            try:
+                shared = scaling.fit_table(both, columns, params=convention, shared=("alpha", "beta"),
+                                           n_bootstrap=ctx.n_bootstrap, seed=ctx.seed)
+            except AnalysisError as e:
+                notes.append(f"shared-exponent fit: {e}")
+                shared = {}
+            if shared:
+                ctx.outputs[f"per_modality_shared_fits{suffix}"] = {c: f.to_json() for c, f in shared.items()}
+                images += ctx.rel(plots.per_modality(shared, {c: _plot_data(both, convention, c) for c in shared},
+                                                     ctx.figure(f"per_modality_shared{suffix}")))
+                for column, fit in shared.items():
+                    caption = f"{column}, N = {label}, {fit.label()}"
+                    html_parts.append(fit_html(fit, caption))
+                    markdown.append(fit_markdown(fit, caption))
+    if not html_parts:
         return None
-    fits, data, notes = {}, {}, []
-    for column in MODALITY_LOSSES:
-        if column not in ctx.df.columns:
-            continue
-        df = _finite_rows(ctx.df, ["params", "tokens", column])
-        if len(df) <= scaling.N_PARAMS or not (table.varying(df, "params") and table.varying(df, "tokens")):
-            continue
-        try:
-            fits[column] = scaling.fit_scaling_law(df, column, n_bootstrap=ctx.n_bootstrap, seed=ctx.seed)
-        except AnalysisError as e:
-            notes.append(f"{column}: {e}")
-            continue
-        data[column] = (df.params.astype(float), df.tokens.astype(float), df[column].astype(float))
-    if not fits:
-        return None
-    ctx.outputs["per_modality_fits"] = {c: f.to_json() for c, f in fits.items()}
-    images = ctx.rel(plots.per_modality(fits, data, ctx.figure("per_modality")))
-    rows = [dict(loss=c, **f.params, a=f.compute_optimal()["a"], b=f.compute_optimal()["b"], n_points=f.n_points) for c, f in fits.items()]
-    return Section("Per-modality scaling", images=images, tables=[("Per-modality fits", pd.DataFrame(rows))], notes=notes)
+    notes.insert(0, "Each modality's loss fitted on its own, then jointly with alpha and beta shared across modalities "
+                    "(fewer parameters where the data cannot pin every one down). Grey tables are not findings.")
+    return Section("Per-modality scaling", images=images, notes=notes, body_html="".join(html_parts),
+                   markdown="\n".join(markdown))
 
 
 def isoflop_section(ctx: Context) -> Section | None:
-    if not {"params", "tokens"} <= set(ctx.df.columns) or not table.varying(ctx.df, "params"):
+    df = _fit_inputs(ctx, "non-embedding", [ctx.loss])
+    if df is None:
         return None
-    df = _finite_rows(ctx.df, ["params", "tokens", ctx.loss])
     fit = isoflop.fit_isoflop(df, ctx.loss, n_bootstrap=ctx.n_bootstrap, seed=ctx.seed)
     ctx.outputs["isoflop_fit"] = fit.to_json()
-    compute = df.flops.astype(float) if "flops" in df.columns else fit.flops_per_param_token * df.params * df.tokens
-    images = ctx.rel(plots.isoflop_curves(df.params.astype(float), df[ctx.loss].astype(float), compute, fit, ctx.figure("isoflop")))
-    summary = pd.DataFrame([dict(quantity="a (N* ~ C^a)", estimate=fit.a, ci95=fit.ci95.get("a")),
-                            dict(quantity="b (D* ~ C^b)", estimate=fit.b, ci95=fit.ci95.get("b"))])
-    return Section("IsoFLOP analysis", images=images, notes=fit.notes,
-                   tables=[("Power laws", summary), ("Optimum per budget", fit.budgets[["compute", "n_opt", "d_opt", "loss_opt", "n_runs"]])])
+    n, _, y, compute = _plot_data(df, "non-embedding", ctx.loss)
+    images = ctx.rel(plots.isoflop_curves(n, y, compute, fit, ctx.figure("isoflop")))
+    shown = (lambda v: v) if fit.identifiable else (lambda v: "not identified")
+    summary = pd.DataFrame([dict(quantity="a (N* ~ C^a)", estimate=shown(fit.a), ci95=fit.ci95.get("a")),
+                            dict(quantity="b (D* ~ C^b)", estimate=shown(fit.b), ci95=fit.ci95.get("b"))])
+    verdict = [] if fit.identifiable else [f"NOT IDENTIFIABLE, not a finding: {'; '.join(fit.reasons)}"]
+    notes = verdict + [f"N = {fit.n_label}; D* = C / F(N*) with {fit.flops.describe()} ({fit.flops.source})."] + fit.notes
+    return Section("IsoFLOP analysis", images=images, notes=notes,
+                   tables=[("Power laws", summary),
+                           ("Optimum per budget", fit.budgets[["compute", "n_opt", "d_opt", "loss_opt", "n_runs", "interior"]])])
 
 
 def batch_section(ctx: Context) -> Section | None:
@@ -351,13 +475,15 @@ def build_report(
     *,
     extra_sections: Sequence[Section] = (),
     loss: str = "loss",
-    n_bootstrap: int = 200,
+    n_bootstrap: int = scaling.DEFAULT_BOOTSTRAP,
     seed: int = 0,
     title: str | None = None,
 ) -> pathlib.Path:
     """Write DIR/report/index.html, DIR/report/summary.md, DIR/report/analyses.json and figures; return the page."""
     sweep_dir = pathlib.Path(sweep_dir)
     results = sweep_dir / "results.csv"
+    if n_bootstrap < 0:
+        raise AnalysisError(f"bootstrap replicates must be >= 0, got {n_bootstrap}")
     if not results.is_file():
         raise AnalysisError(f"{str(sweep_dir)!r} has no results.csv: not a sweep directory (run `mdiff sweep` first)")
     spec = None
