@@ -1,9 +1,12 @@
 """IsoFLOP analysis (Chinchilla approach 2).
 
-Runs are grouped by compute budget C (the logged `flops`, else k N D). Per budget a parabola
-loss = p2 x^2 + p1 x + p0 in x = log10 N gives the loss-optimal N*(C) at its vertex, and D*(C) = C / (k N*).
+Runs are grouped by compute budget C (the logged `flops`, else F(N) D). Per budget a parabola
+loss = p2 x^2 + p1 x + p0 in x = log10 N gives the loss-optimal N*(C) at its vertex, and D*(C) = C / F(N*),
+with F(N) = k N^p the training FLOPs per token fitted to the same runs (`analysis.scaling.table_compute`, the
+compute definition the parametric fit uses too), so D* never assumes another k than the runs had.
 Power laws N* = k_N C^a and D* = k_D C^b are then fitted by least squares in log-log space; their intervals
 come from a bootstrap that resamples runs within each budget and refits everything (seeded).
+The verdict `identifiable` is false when fewer than two budgets have their optimum inside the sampled sizes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import pandas as pd
 
 from analysis import table
 from analysis.errors import AnalysisError
+from analysis.scaling import DEFAULT_BOOTSTRAP, FlopsModel, params_column, table_compute
 
 MIN_POINTS_PER_BUDGET = 3
 
@@ -53,11 +57,30 @@ class IsoFlopFit:
     N_coefficient: float
     b: float
     D_coefficient: float
-    flops_per_param_token: float
+    flops: FlopsModel
     ci95: dict[str, list[float]]
     n_bootstrap: int
     loss_column: str
     notes: list[str] = dataclasses.field(default_factory=list)
+    n_label: str = "parameters N"
+
+    @property
+    def interior_budgets(self) -> int:
+        return int(self.budgets.interior.sum())
+
+    @property
+    def reasons(self) -> list[str]:
+        out = []
+        if self.interior_budgets < 2:
+            out.append(f"only {self.interior_budgets} budget(s) have their optimum inside the sampled model sizes "
+                       "(the others are extrapolated vertices)")
+        if self.n_bootstrap and not self.ci95:
+            out.append("fewer than two bootstrap replicates kept two usable budgets")
+        return out
+
+    @property
+    def identifiable(self) -> bool:
+        return not self.reasons
 
     def to_json(self) -> dict[str, Any]:
         return dict(
@@ -66,7 +89,10 @@ class IsoFlopFit:
             N_coefficient=self.N_coefficient,
             D_coefficient=self.D_coefficient,
             formula="N*(C) = N_coefficient * C^a, D*(C) = D_coefficient * C^b",
-            flops_per_param_token=self.flops_per_param_token,
+            compute=self.flops.to_json(),
+            n_convention=self.n_label,
+            identifiable=self.identifiable,
+            reasons=self.reasons,
             ci95=self.ci95,
             n_bootstrap=self.n_bootstrap,
             loss_column=self.loss_column,
@@ -75,7 +101,7 @@ class IsoFlopFit:
         )
 
 
-def _optima(groups: list[tuple[float, np.ndarray, np.ndarray]], k: float) -> tuple[list[dict[str, float]], list[str]]:
+def _optima(groups: list[tuple[float, np.ndarray, np.ndarray]], flops: FlopsModel) -> tuple[list[dict[str, float]], list[str]]:
     rows, notes = [], []
     for compute, n, loss in groups:
         if len(n) < MIN_POINTS_PER_BUDGET or len(np.unique(n)) < MIN_POINTS_PER_BUDGET:
@@ -86,12 +112,13 @@ def _optima(groups: list[tuple[float, np.ndarray, np.ndarray]], k: float) -> tup
             notes.append(f"budget C={compute:.3g}: loss vs log N does not curve upward; skipped")
             continue
         x_star, loss_star, coef = vertex
-        if not np.log10(n.min()) <= x_star <= np.log10(n.max()):
+        interior = bool(np.log10(n.min()) <= x_star <= np.log10(n.max()))
+        if not interior:
             notes.append(f"budget C={compute:.3g}: optimum N*={10**x_star:.3g} lies outside the sampled sizes (extrapolated)")
         n_opt = 10**x_star
         rows.append(
-            dict(compute=compute, n_opt=n_opt, d_opt=compute / (k * n_opt), loss_opt=loss_star, n_runs=len(n),
-                 p2=coef[0], p1=coef[1], p0=coef[2])
+            dict(compute=compute, n_opt=n_opt, d_opt=float(flops.tokens(compute, n_opt)), loss_opt=loss_star,
+                 n_runs=len(n), interior=interior, p2=coef[0], p1=coef[1], p0=coef[2])
         )
     return rows, notes
 
@@ -102,19 +129,24 @@ def fit_isoflop_arrays(
     loss: np.ndarray,
     *,
     compute: np.ndarray | None = None,
-    flops_per_param_token: float = 6.0,
+    flops: FlopsModel | None = None,
     rel_tol: float = 0.25,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     level: float = 0.95,
     loss_column: str = "loss",
+    n_label: str = "parameters N",
 ) -> IsoFlopFit:
+    """IsoFLOP fit of arrays; `flops` is the FLOPs-per-token model the runs had (default C = 6 N D)."""
+    if n_bootstrap < 0:
+        raise AnalysisError(f"bootstrap replicates must be >= 0, got {n_bootstrap}")
     n, d, loss = (np.asarray(x, dtype=np.float64) for x in (n, d, loss))
-    compute = flops_per_param_token * n * d if compute is None else np.asarray(compute, dtype=np.float64)
+    flops = flops or FlopsModel()
+    compute = flops.compute(n, d) if compute is None else np.asarray(compute, dtype=np.float64)
     ids = group_budgets(compute, rel_tol)
     members = [np.flatnonzero(ids == g) for g in np.unique(ids)]
     groups = [(float(np.exp(np.log(compute[m]).mean())), n[m], loss[m]) for m in members]
-    rows, notes = _optima(groups, flops_per_param_token)
+    rows, notes = _optima(groups, flops)
     if len(rows) < 2:
         raise AnalysisError(
             f"IsoFLOP fit needs at least 2 compute budgets with >= {MIN_POINTS_PER_BUDGET} model sizes each, "
@@ -127,7 +159,7 @@ def fit_isoflop_arrays(
     draws = []
     for _ in range(n_bootstrap):
         resampled = [(c, gn[idx], gl[idx]) for (c, gn, gl) in groups for idx in [rng.integers(0, len(gn), len(gn))]]
-        boot_rows, _ = _optima(resampled, flops_per_param_token)
+        boot_rows, _ = _optima(resampled, flops)
         if len(boot_rows) >= 2:
             bc = np.array([r["compute"] for r in boot_rows])
             draws.append((_power_law(bc, np.array([r["n_opt"] for r in boot_rows]))[0],
@@ -138,29 +170,27 @@ def fit_isoflop_arrays(
         arr = np.array(draws)
         ci = dict(a=list(map(float, np.quantile(arr[:, 0], [tail, 1 - tail]))),
                   b=list(map(float, np.quantile(arr[:, 1], [tail, 1 - tail]))))
-    return IsoFlopFit(budgets, a, n_coef, b, d_coef, flops_per_param_token, ci, n_bootstrap, loss_column, notes)
+    return IsoFlopFit(budgets, a, n_coef, b, d_coef, flops, ci, n_bootstrap, loss_column, notes, n_label)
 
 
 def fit_isoflop(
     df: pd.DataFrame,
     loss: str = "loss",
     *,
-    use_flops: bool = True,
+    params: str = "non-embedding",
     **kwargs: Any,
 ) -> IsoFlopFit:
-    """IsoFLOP fit of a results table (budgets from the `flops` column when present and use_flops)."""
-    table.require_columns(df, ["params", "tokens"], what="the IsoFLOP fit")
+    """IsoFLOP fit of a results table: budgets and D* from the logged FLOPs (`scaling.table_compute`)."""
+    column, n_label = params_column(df, params)
+    table.require_columns(df, [column, "tokens"], what="the IsoFLOP fit")
     if loss not in df.columns:
         raise AnalysisError(f"{df.attrs.get('source', 'results table')}: loss column {loss!r} does not exist")
     df, notes = table.keep_complete(df)
-    n = table.positive_column(df, "params")
+    n = table.positive_column(df, column)
     d = table.positive_column(df, "tokens")
     y = table.finite_column(df, loss)
-    compute = None
-    if use_flops and "flops" in df.columns:
-        compute = table.positive_column(df, "flops")
-        kwargs.setdefault("flops_per_param_token", float(np.median(compute / (n * d))))
-    fit = fit_isoflop_arrays(n, d, y, compute=compute, loss_column=loss, **kwargs)
+    flops, compute = table_compute(df, n, d)
+    fit = fit_isoflop_arrays(n, d, y, compute=compute, flops=flops, loss_column=loss, n_label=n_label, **kwargs)
     fit.notes[:0] = notes
     return fit
 

@@ -1,8 +1,9 @@
 """The paper's plots, in one style (matplotlib Agg; every figure saved as PNG and PDF).
 
 Each function takes analysis results, writes `<out>.png` and `<out>.pdf` and returns their paths.
-Axes carry units: parameters and tokens are counts, compute is FLOPs (C = 6ND unless logged), losses are
-nats per token. Log scales where the quantity spans decades.
+Axes carry units: parameters and tokens are counts (the N axis names its convention: with or without
+embedding parameters), compute is FLOPs (as logged; C = 6ND only for tables without FLOPs), losses are nats
+per token. A fit that is not identifiable is drawn grey and dashed and labelled "not a finding". Log scales where the quantity spans decades.
 """
 
 from __future__ import annotations
@@ -64,25 +65,36 @@ def _compute_grid(compute: np.ndarray, pad: float = 3.0) -> np.ndarray:
     return np.geomspace(compute.min() / pad, compute.max() * pad, 80)
 
 
+NOT_IDENTIFIABLE = dict(color="#999999", ls="--")  # a fit the data cannot pin down: grey, dashed, labelled
+
+
+def _fit_tag(fit) -> str:
+    """'' for an identified fit; otherwise the words every legend and title carry."""
+    return "" if fit.identifiable else " [NOT IDENTIFIABLE: not a finding]"
+
+
 @_styled
-def loss_vs_compute(n, d, loss, fit, out, *, title: str = "Loss vs compute") -> list[pathlib.Path]:
-    """Observed runs (colour = model size) and the fitted compute-optimal frontier with 95% bands."""
+def loss_vs_compute(n, d, loss, fit, out, *, compute=None, title: str = "Loss vs compute") -> list[pathlib.Path]:
+    """Observed runs at their logged compute (colour = model size) and the fitted compute-optimal frontier with
+    95% bands; a fit that is not identifiable is drawn grey and dashed, labelled as such."""
     from analysis.scaling import optimal_allocation
 
     n, d, loss = (np.asarray(x, float) for x in (n, d, loss))
-    k = fit.flops_per_param_token
-    compute = k * n * d
+    compute = fit.flops.compute(n, d) if compute is None else np.asarray(compute, float)
     fig, axes = _figure()
     ax = axes[0, 0]
     sc = ax.scatter(compute, loss, c=np.log10(n), cmap="viridis", s=14, alpha=0.85, label="runs")
-    fig.colorbar(sc, ax=ax, label="log10 parameters")
+    fig.colorbar(sc, ax=ax, label=f"log10 {fit.n_label}")
     grid = _compute_grid(compute)
-    n_opt, d_opt = optimal_allocation(fit.params, grid, k)
+    n_opt, d_opt = optimal_allocation(fit.params, grid, fit.flops)
     bands = fit.loss_bands(n_opt, d_opt)
-    ax.plot(grid, bands["loss"], color="black", lw=1.5, label="compute-optimal frontier L*(C)")
-    ax.fill_between(grid, bands["conf_lo"], bands["conf_hi"], color="black", alpha=0.25, label="95% confidence band")
-    ax.fill_between(grid, bands["pred_lo"], bands["pred_hi"], color="black", alpha=0.08, label="95% prediction band")
-    ax.set(xscale="log", yscale="log", xlabel=f"training compute C = {k:g}ND (FLOPs)", ylabel=LOSS_LABEL, title=title)
+    style = dict(color="black") if fit.identifiable else NOT_IDENTIFIABLE
+    ax.plot(grid, bands["loss"], lw=1.5, label="compute-optimal frontier L*(C)" + _fit_tag(fit), **style)
+    ax.fill_between(grid, bands["conf_lo"], bands["conf_hi"], color=style["color"], alpha=0.25, label="95% confidence band")
+    ax.fill_between(grid, bands["pred_lo"], bands["pred_hi"], color=style["color"], alpha=0.08, label="95% prediction band")
+    constraint = f" ({fit.label()})" if fit.label() else ""
+    ax.set(xscale="log", yscale="log", xlabel=f"training compute, {fit.flops.describe()} (FLOPs)", ylabel=LOSS_LABEL,
+           title=title + constraint)
     ax.legend()
     return save(fig, out)
 
@@ -93,35 +105,46 @@ def fitted_vs_observed(n, d, loss, fit, out, *, title: str = "Fitted vs observed
     predicted = fit.predict(n, d)
     fig, axes = _figure()
     ax = axes[0, 0]
-    ax.scatter(loss, predicted, s=12, alpha=0.8, c=np.log10(6 * n * d), cmap="magma")
+    ax.scatter(loss, predicted, s=12, alpha=0.8, c=np.log10(fit.flops.compute(n, d)), cmap="magma")
     lo, hi = min(loss.min(), predicted.min()), max(loss.max(), predicted.max())
     ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="y = x")
     p = fit.params
-    ax.set(xlabel="observed " + LOSS_LABEL, ylabel="fitted loss (nats/token)", title=title)
-    ax.text(0.03, 0.97, f"E={p['E']:.3g}, A={p['A']:.3g}, B={p['B']:.3g}\nalpha={p['alpha']:.3f}, beta={p['beta']:.3f}",
-            transform=ax.transAxes, va="top", fontsize=7.5)
+    ax.set(xlabel="observed " + LOSS_LABEL, ylabel="fitted loss (nats/token)", title=title + _fit_tag(fit))
+    text = f"E={p['E']:.3g}, A={p['A']:.3g}, B={p['B']:.3g}\nalpha={p['alpha']:.3f}, beta={p['beta']:.3f}\nN: {fit.n_label}"
+    ax.text(0.03, 0.97, text if fit.identifiable else text + "\nnot identifiable: parameters not a finding",
+            transform=ax.transAxes, va="top", fontsize=7.5, color="black" if fit.identifiable else "#888888")
     ax.legend(loc="lower right")
     return save(fig, out)
 
 
 @_styled
 def per_modality(fits: Mapping[str, object], tables: Mapping[str, tuple], out) -> list[pathlib.Path]:
-    """One frontier curve per modality: fitted L*(C) with its confidence band, and that modality's runs."""
+    """One frontier curve per modality: fitted L*(C) with its confidence band, and that modality's runs.
+    tables[column] = (N, D, loss) or (N, D, loss, logged compute)."""
     from analysis.scaling import optimal_allocation
 
     fig, axes = _figure()
     ax = axes[0, 0]
+    labels = []
     for column, fit in fits.items():
-        n, d, loss = (np.asarray(x, float) for x in tables[column])
-        k = fit.flops_per_param_token
+        n, d, loss = (np.asarray(x, float) for x in tables[column][:3])
+        compute = np.asarray(tables[column][3], float) if len(tables[column]) > 3 else fit.flops.compute(n, d)
         color = COLORS.get(column)
-        ax.scatter(k * n * d, loss, s=8, alpha=0.5, color=color)
-        grid = _compute_grid(k * n * d)
-        bands = fit.loss_bands(*optimal_allocation(fit.params, grid, k))
-        ax.plot(grid, bands["loss"], color=color, lw=1.5, label=f"{column.removeprefix('loss_')} (alpha={fit.params['alpha']:.2f}, beta={fit.params['beta']:.2f})")
-        ax.fill_between(grid, bands["conf_lo"], bands["conf_hi"], color=color, alpha=0.2)
-    ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="per-modality eval loss (nats/token)",
-           title="Compute-optimal frontier per modality")
+        ax.scatter(compute, loss, s=8, alpha=0.5, color=color)
+        grid = _compute_grid(compute)
+        bands = fit.loss_bands(*optimal_allocation(fit.params, grid, fit.flops))
+        ls = "-" if fit.identifiable else "--"
+        name = column.removeprefix("loss_")
+        label = (f"{name} (alpha={fit.params['alpha']:.2f}, beta={fit.params['beta']:.2f})" if fit.identifiable
+                 else f"{name}: not identifiable, not a finding")
+        ax.plot(grid, bands["loss"], color=color, lw=1.5, ls=ls, alpha=1.0 if fit.identifiable else 0.5, label=label)
+        ax.fill_between(grid, bands["conf_lo"], bands["conf_hi"], color=color, alpha=0.2 if fit.identifiable else 0.08)
+        labels.append(fit.label())
+    constraint = next((x for x in labels if x), "")
+    any_fit = next(iter(fits.values()))
+    ax.set(xscale="log", yscale="log", xlabel=f"training compute, {any_fit.flops.describe()} (FLOPs)",
+           ylabel="per-modality eval loss (nats/token)",
+           title="Compute-optimal frontier per modality" + (f"\n({constraint})" if constraint else ""))
     ax.legend()
     return save(fig, out)
 
@@ -145,7 +168,7 @@ def isoflop_curves(n, loss, compute, isofit, out) -> list[pathlib.Path]:
         x = np.linspace(np.log10(n[member].min()), np.log10(n[member].max()), 50)
         ax.plot(10**x, np.polyval([row.p2, row.p1, row.p0], x), color=color, lw=1, label=f"C={row.compute:.2g}")
         ax.scatter([row.n_opt], [row.loss_opt], marker="*", s=60, color=color, edgecolor="black", zorder=3)
-    ax.set(xscale="log", xlabel="parameters N", ylabel=LOSS_LABEL, title="IsoFLOP curves")
+    ax.set(xscale="log", xlabel=isofit.n_label, ylabel=LOSS_LABEL, title="IsoFLOP curves")
     ax.legend(fontsize=6.5)
     c = budgets.compute.to_numpy()
     grid = np.geomspace(c.min() / 2, c.max() * 2, 50)
@@ -281,6 +304,33 @@ def sampling_quality(summary: pd.DataFrame, out, *, ylabel: str = "quality metri
     return save(fig, out)
 
 
+@_styled
+def transfer_curves(curves: pd.DataFrame, optima: pd.DataFrame, out) -> list[pathlib.Path]:
+    """Loss vs learning rate, one curve per width (top) or depth (bottom); standard parameterisation left,
+    CompleteP right; each curve's loss-optimal lr marked (hollow when it is at the edge of the grid)."""
+    axes_present = [a for a in ("width", "depth") if a in set(curves.axis)]
+    params = sorted(curves.param.unique(), key=lambda p: p != "standard")
+    fig, axes = _figure(ncols=len(params), nrows=len(axes_present), width=5.0 * len(params), height=3.6 * len(axes_present))
+    for i, axis in enumerate(axes_present):
+        for j, param in enumerate(params):
+            ax = axes[i, j]
+            sel = curves[(curves.axis == axis) & (curves.param == param)]
+            sizes = sorted(sel["size"].unique())
+            cmap = plt.get_cmap("viridis")
+            for k, size in enumerate(sizes):
+                g = sel[sel["size"] == size].sort_values("lr")
+                color = cmap(k / max(1, len(sizes) - 1) * 0.85)
+                ax.errorbar(g.lr, g.loss, yerr=np.vstack([g.loss - g.ci_lo, g.ci_hi - g.loss]), color=color, marker="o",
+                            ms=3, capsize=2, label=f"{axis} {size:g}")
+                o = optima[(optima.axis == axis) & (optima.param == param) & (optima["size"] == size)]
+                for _, row in o.iterrows():
+                    ax.plot(row.lr_opt, row.best_loss, marker="v", ms=8, color=color, mfc="none" if row.at_edge else color)
+            ax.set_xscale("log", base=2)
+            ax.set(xlabel="peak learning rate", ylabel=LOSS_LABEL, title=f"{param}: loss vs lr across {axis}")
+            ax.legend(fontsize=6.5)
+    return save(fig, out)
+
+
 def all_plot_names() -> Sequence[str]:
     return ("loss_vs_compute", "fitted_vs_observed", "per_modality", "isoflop_curves", "batch_curves",
-            "gamma_fit", "mixing", "schedules", "sampling_quality")
+            "gamma_fit", "transfer_curves", "mixing", "schedules", "sampling_quality")

@@ -17,6 +17,7 @@ from analysis.errors import AnalysisError
 
 DATA = pathlib.Path(__file__).parent / "data"
 TRUTH = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+QUICK = dict(diagnostics=False, validate=False)  # for tests of the estimates alone (diagnostics: test_analysis_fit_checks)
 
 
 def chinchilla_points() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -29,7 +30,7 @@ def chinchilla_points() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_recovers_known_parameters_from_noisy_synthetic_data():
     df = scaling.synthetic_table(TRUTH, 150, noise=0.005, seed=1)
-    fit = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=0, n_starts=8)
+    fit = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=0, n_starts=8, **QUICK)
     p = fit.params
     assert abs(p["alpha"] - TRUTH["alpha"]) < 0.03 and abs(p["beta"] - TRUTH["beta"]) < 0.03
     assert abs(p["E"] / TRUTH["E"] - 1) < 0.05
@@ -39,7 +40,7 @@ def test_recovers_known_parameters_from_noisy_synthetic_data():
 
 def test_exact_data_is_fitted_exactly():
     df = scaling.synthetic_table(TRUTH, 60, noise=0.0, seed=2)
-    fit = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=0, n_starts=8)
+    fit = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=0, n_starts=8, **QUICK)
     np.testing.assert_allclose([fit.params[k] for k in scaling.PARAMS], [TRUTH[k] for k in scaling.PARAMS], rtol=2e-3)
 
 
@@ -48,6 +49,7 @@ def test_reproduces_epoch_chinchilla_replication_within_published_intervals():
     n, d, loss = chinchilla_points()
     assert len(n) == published["n_points"]
     fit = scaling.fit_arrays(n, d, loss, n_bootstrap=200, seed=0)
+    assert fit.identifiable, fit.reasons  # 240 runs over ~2.5 decades: the diagnostics must not flag a published fit
     ours = {**fit.params, "a": fit.compute_optimal()["a"]}
     ci = fit.intervals()
     for name, estimate in published["estimates"].items():
@@ -60,14 +62,18 @@ def test_reproduces_epoch_chinchilla_replication_within_published_intervals():
 
 def test_batched_bootstrap_matches_scalar_lbfgs_reference():
     n, d, loss = chinchilla_points()
-    data = scaling.Data(np.log(n), np.log(d), np.log(loss), np.full(len(n), 1 / len(n)))
-    theta, _, optima = scaling.fit_theta(data, n_starts=8)
-    fast = scaling.bootstrap_thetas(data, optima, 1e-3, n_bootstrap=5, seed=7, backend="numpy")
-    slow = scaling.bootstrap_thetas(data, optima, 1e-3, n_bootstrap=5, seed=7, backend="scipy", workers=1)
-    # Same optimum: the vectorised solver's objective is never worse, and the parameters agree (log B sits in a
-    # flat valley, so it gets a looser tolerance than the exponents).
-    for idx, f, s in zip(scaling.bootstrap_indices(len(n), 5, 7), fast, slow):
-        sample = data.take(idx)
+    layout = scaling.Layout(("loss",))
+    lo, hi = scaling.phi_bounds(layout)
+    data = scaling.stack_data(np.log(n), np.log(d), [np.log(loss)], np.ones(len(n)), layout)
+    candidates = scaling.candidate_starts(data, layout, lo, hi, 1e-3)
+    best = scaling.multistart(data, candidates, 1e-3, lo, hi, n_starts=8)[0]
+    options = dict(n_bootstrap=5, seed=7)
+    fast = scaling.bootstrap_phis(data, candidates, best.phi, 1e-3, lo, hi, backend="numpy", **options)
+    slow = scaling.bootstrap_phis(data, candidates, best.phi, 1e-3, lo, hi, backend="scipy", workers=1, **options)
+    # Same optimum from the same starts: the vectorised solver's objective is never worse, and the parameters agree
+    # (log B sits in a flat valley, so it gets a looser tolerance than the exponents).
+    for counts, f, s in zip(scaling.bootstrap_counts(len(n), 5, 7), fast, slow):
+        sample = data.reweight(counts)
         assert scaling.objective(f, sample, 1e-3)[0] <= scaling.objective(s, sample, 1e-3)[0] + 1e-10
     np.testing.assert_allclose(fast[:, 3:], slow[:, 3:], atol=2e-3)
     np.testing.assert_allclose(fast[:, :3], slow[:, :3], atol=3e-2)
@@ -75,8 +81,8 @@ def test_batched_bootstrap_matches_scalar_lbfgs_reference():
 
 def test_bootstrap_is_seeded_and_independent_of_worker_count():
     df = scaling.synthetic_table(TRUTH, 60, noise=0.01, seed=3)
-    a = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=130, seed=5, workers=1, n_starts=8)
-    b = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=130, seed=5, workers=2, n_starts=8)
+    a = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=130, seed=5, workers=1, n_starts=8, **QUICK)
+    b = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=130, seed=5, workers=2, n_starts=8, **QUICK)
     np.testing.assert_allclose(a.bootstrap, b.bootstrap, rtol=1e-9)
 
 
@@ -84,7 +90,7 @@ def _coverage(draws: int, n_boot: int, n_points: int) -> dict[str, float]:
     hits = {p: 0 for p in scaling.PARAMS}
     for seed in range(draws):
         df = scaling.synthetic_table(TRUTH, n_points, noise=0.01, seed=100 + seed)
-        fit = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=n_boot, seed=seed, n_starts=8, workers=1)
+        fit = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=n_boot, seed=seed, n_starts=8, workers=1, **QUICK)
         ci = fit.intervals()
         for p in scaling.PARAMS:
             hits[p] += ci[p][0] <= TRUTH[p] <= ci[p][1]
@@ -105,7 +111,7 @@ def test_bootstrap_intervals_have_nominal_coverage():
 
 def test_confidence_band_inside_prediction_band():
     df = scaling.synthetic_table(TRUTH, 80, noise=0.01, seed=4)
-    fit = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=100, n_starts=8)
+    fit = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=100, n_starts=8, **QUICK)
     n = np.geomspace(1e7, 1e10, 7)
     bands = fit.loss_bands(n, 20 * n)
     assert (bands["pred_hi"] - bands["pred_lo"] > bands["conf_hi"] - bands["conf_lo"]).all()  # new runs scatter too
@@ -126,12 +132,12 @@ def test_compute_optimal_allocation_matches_numerical_minimum():
 
 def test_bounds_and_weights():
     df = scaling.synthetic_table(TRUTH, 60, noise=0.01, seed=6)
-    fit = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=40, n_starts=4, bounds={"alpha": (0.0, 0.3)})
+    fit = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=40, n_starts=4, bounds={"alpha": (0.0, 0.3)}, **QUICK)
     assert fit.params["alpha"] <= 0.3 + 1e-12 and (fit.bootstrap[:, 3] <= 0.3 + 1e-12).all()
     w = np.ones(len(df))
     w[:30] = 0.0  # only the second half counts: same as fitting it alone
-    weighted = scaling.fit_arrays(df.params, df.tokens, df.loss, weights=w, n_bootstrap=0, n_starts=4)
-    alone = scaling.fit_arrays(df.params[30:], df.tokens[30:], df.loss[30:], n_bootstrap=0, n_starts=4)
+    weighted = scaling.fit_arrays(df.params, df.tokens, df.loss, weights=w, n_bootstrap=0, n_starts=4, **QUICK)
+    alone = scaling.fit_arrays(df.params[30:], df.tokens[30:], df.loss[30:], n_bootstrap=0, n_starts=4, **QUICK)
     np.testing.assert_allclose(weighted.theta, alone.theta, atol=1e-4)
     with pytest.raises(AnalysisError, match="unknown parameter"):
         scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=0, bounds={"gamma": (0, 1)})
@@ -193,7 +199,7 @@ def test_incomplete_runs_are_excluded_with_a_note(tmp_path):
     frame.loc[[2, 7], "status"] = ["failed", "preempted"]
     frame.loc[2, "loss"] = np.nan  # a failed run has no loss: must not be an error
     df = table.read_table(_csv(tmp_path, frame))
-    fit = scaling.fit_scaling_law(df, n_bootstrap=0, n_starts=2)
+    fit = scaling.fit_scaling_law(df, n_bootstrap=0, n_starts=2, **QUICK)
     assert fit.n_points == 28
     assert "excluded 2 run(s)" in fit.notes[0] and "run2 (failed)" in fit.notes[0] and "run7 (preempted)" in fit.notes[0]
 
