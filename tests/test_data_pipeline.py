@@ -271,3 +271,20 @@ def test_every_caption_target_span_ends_with_its_single_end_id():
                 assert np.sum(target_tokens == eod) == 1 and target_tokens[-1] == eod
                 assert np.all(loss[where] == 1)
     assert spans > 10
+
+
+def test_anti_masking_pairs_uses_every_packed_row():
+    # With anti-masking the step masks row 2g and gives row 2g+1 the complement, so the pipeline yields
+    # each distinct row twice, and the distinct rows are exactly those of a batch-B/2 stream: no lane's
+    # row is packed and then dropped.
+    paired_config = synthetic_config(batch=8)
+    paired_config.diffusion.anti_masking = True
+    paired = make_pipeline(paired_config, process_index=0, process_count=1)
+    plain = make_pipeline(synthetic_config(batch=4), process_index=0, process_count=1)
+    assert paired.repeat == 2 and plain.repeat == 1
+    for a, b in zip(take(paired, 3), take(plain, 3)):
+        for key in a:
+            np.testing.assert_array_equal(a[key][0::2], a[key][1::2])
+            np.testing.assert_array_equal(a[key][0::2], b[key])
+    evaluation = make_pipeline(paired_config, "validation", process_index=0, process_count=1)
+    assert evaluation.repeat == 1 and next(evaluation)["tokens"].shape[0] == 8

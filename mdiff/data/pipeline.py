@@ -12,6 +12,10 @@ Design (why it shards and resumes exactly):
   concatenated with the end-of-document id, and a text segment may span documents), image-text and
   audio-text examples are never cut. When nothing eligible fits, the rest of the row is padding.
   Counts exclude padding, so the mixing fractions hold over a long stream.
+* Anti-masking (training only) pairs each row with its complementary mask. So that no packed row goes
+  unused, the pipeline then runs half as many lanes and yields each row twice, as rows 2g and 2g+1
+  (`rows_repeated`); the step masks row 2g and gives row 2g+1 the complement. A step then holds
+  batch / 2 distinct rows: `tokens` (distinct data tokens) counts those, `tokens_processed` all rows.
 * A lane's state is a handful of integers, so the iterator state is small JSON and resuming gives the
   same next batch. Rows are a grain ``IterDataset``; with ``data.num_workers > 0`` grain's
   ``mp_prefetch`` splits the lanes over worker processes and interleaves them back in order.
@@ -253,24 +257,28 @@ class PackedRowsIterator(grain.DatasetIterator):
 class Pipeline:
     """Iterable of host-local batches ([local_batch, seq_len] int32 arrays per the batch contract)."""
 
-    def __init__(self, corpus: Corpus, spec: dict[str, Any], lanes: list[int], num_workers: int = 0):
+    def __init__(self, corpus: Corpus, spec: dict[str, Any], lanes: list[int], num_workers: int = 0, repeat: int = 1):
         self.corpus = corpus
         self.vocab: UnifiedVocab = corpus.vocab
         self.spec = spec
         self.lanes = lanes
-        self.batch_size = len(lanes)
+        self.repeat = repeat  # each distinct row is yielded `repeat` times in a row (anti-masking pairs)
+        self.batch_size = len(lanes) * repeat
         self.seq_len = spec["seq_len"]
         ds = PackedRows(corpus, spec, lanes)
         if num_workers > 0:
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-        self._dataset = ds.batch(self.batch_size, drop_remainder=True)
+        self._dataset = ds.batch(len(lanes), drop_remainder=True)
         self._iter = iter(self._dataset)
 
     def __iter__(self) -> "Pipeline":
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._iter)
+        batch = next(self._iter)
+        if self.repeat > 1:
+            batch = {k: np.repeat(v, self.repeat, axis=0) for k, v in batch.items()}
+        return batch
 
     def get_state(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "fingerprint": self.fingerprint(), "grain": _jsonable(self._iter.get_state())}
@@ -324,6 +332,11 @@ def open_corpus(config: ConfigDict, split: str) -> Corpus:
     return reader.open_corpus(path, split, config=config)
 
 
+def rows_repeated(config: ConfigDict, split: str) -> int:
+    """How often each distinct row appears in a training batch: 2 with anti-masking (mask + complement), else 1."""
+    return 2 if split == "train" and bool(config.diffusion.anti_masking) else 1
+
+
 def make_pipeline(
     config: ConfigDict,
     split: str = "train",
@@ -343,14 +356,20 @@ def make_pipeline(
         raise PipelineError(f"process_index={process_index} must lie in [0, process_count={process_count})")
     if global_batch % process_count:
         raise ConfigError(f"config.train.batch={global_batch}: must be divisible by the {process_count} processes")
-    local = global_batch // process_count
+    repeat = rows_repeated(config, split)
+    if (global_batch // process_count) % repeat:
+        raise ConfigError(
+            f"config.train.batch={global_batch}: with diffusion.anti_masking each host's rows come in pairs; "
+            f"the per-host batch {global_batch // process_count} must be even"
+        )
+    local = global_batch // process_count // repeat  # distinct rows (lanes) per host
     num_workers = int(config.data.num_workers)
     if num_workers and local % num_workers:
-        raise ConfigError(f"config.data.num_workers={num_workers}: must divide the per-host batch {local}")
+        raise ConfigError(f"config.data.num_workers={num_workers}: must divide the per-host distinct rows {local}")
     corpus = corpus if corpus is not None else open_corpus(config, split)
-    spec = make_spec(config, corpus, global_batch)
+    spec = make_spec(config, corpus, global_batch // repeat)
     lanes = list(range(process_index * local, (process_index + 1) * local))
-    return Pipeline(corpus, spec, lanes, num_workers)
+    return Pipeline(corpus, spec, lanes, num_workers, repeat)
 
 
 def make_spec(config: ConfigDict, corpus: Corpus, num_lanes: int) -> dict[str, Any]:
