@@ -15,7 +15,8 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
             schedule={m: "linear" for m in MODALITIES},
             t_min=1e-3,  # t is clipped to [t_min, 1 - t_min] where the weight would blow up
             antithetic=True,  # low-discrepancy t across the batch
-            anti_masking=False,  # pair each mask with its complement in the batch
+            # Pair each mask with its complement in the batch (needs one schedule for all modalities).
+            anti_masking=False,
             cond_dropout=0.1,  # probability of dropping the condition (classifier-free guidance)
         )
     )
@@ -31,6 +32,13 @@ def validate_diffusion(config: ConfigDict) -> None:
     from mdiff.diffusion.schedules import ScheduleError, modality_schedules  # noqa: PLC0415 (jax import)
 
     try:  # the rule (one known schedule per modality) lives where the schedules are built
-        modality_schedules(d)
+        schedules = modality_schedules(d)
     except ScheduleError as err:
         raise ConfigError(str(err)) from None
+    if d.anti_masking:
+        from mdiff.diffusion.loss import check_anti_masking  # noqa: PLC0415 (jax import)
+
+        try:
+            check_anti_masking(schedules)
+        except ValueError as err:
+            fail("diffusion.anti_masking", True, str(err))

@@ -25,10 +25,19 @@ image codes, an audio clip's codes. Padding, specials, conditions and the fill a
 then reported as `fill_share/<modality>`.
 
 Anti-masking pairs each mask with its complement: the first half of the batch is kept, each row is
-repeated, and the repeat masks exactly the targets the original left visible. The repeat's positions
-are masked with probability alpha(t), so it is weighted by -alpha'/alpha (see Schedule.complement_weight),
-which keeps it an unbiased ELBO sample for any schedule. It halves the unique sequences per step and
-adds no compute.
+repeated, and the repeat masks exactly the targets the original left visible. (The training pipeline
+yields each row twice for this, so no packed row is dropped; see mdiff.data.pipeline.) The repeat's
+positions are masked with probability alpha(t), so it is weighted by -alpha'/alpha
+(Schedule.complement_weight). Why that is unbiased, and when it is not: in terms of the masking rate
+r = 1 - alpha(s) the bound is the integral of (dr / r) E_{z ~ q_r}[sum over masked i of nll_i], where
+q_r masks every target with probability r. The repeat is a state of q_r with r = alpha(t); the change
+of variables r = alpha(t), dr = alpha'(t) dt turns that integral into E_t[-alpha'(t)/alpha(t) * ...],
+so with ONE schedule the pair is two ELBO samples. With per-modality schedules the repeat masks text
+with probability alpha_text(t) and images with alpha_image(t); a forward-process state needs one s
+with 1 - alpha_m(s) = alpha_m(t) for every m at once, which does not exist unless the schedules
+agree (or are all symmetric, alpha(1 - t) = 1 - alpha(t)). The repeat is then no sample of the
+bound, and a denoiser whose text predictions depend on how much of the image is masked gets a biased
+NELBO. `check_anti_masking` refuses that combination (the config validator calls it).
 
 Metrics are sums (`nelbo_sum/<modality>`, `count/<modality>` = target tokens), so they add up across
 micro-batches and hosts; `per_token_metrics` turns them into nats and bits per token.
@@ -131,6 +140,7 @@ def mdm_loss(
     t_rng, mask_rng, drop_rng = jax.random.split(rng, 3)
     batch_size = batch["tokens"].shape[0]
     if anti_masking:
+        check_anti_masking(schedules)
         batch, t, uniforms, complement = _anti_masked(batch, t, mask_rng, batch_size, t_min, antithetic)
     else:
         if t is None:
@@ -184,6 +194,16 @@ def _weights(
         return w
     w_c = _per_position(_per_modality(lambda s: s.complement_weight(t), schedules, 0.0), modality)
     return jnp.where(complement[:, None], w_c, w)
+
+
+def check_anti_masking(schedules: Mapping[Modality, Schedule]) -> None:
+    """Anti-masking is an unbiased ELBO estimator only when every modality has the same schedule (module docstring)."""
+    names = {MODALITY_NAMES[m]: schedules[m].name for m in CONTENT_MODALITIES}
+    if len(set(names.values())) > 1:
+        raise ValueError(
+            f"anti-masking needs one schedule for every modality (its complement mask is a forward-process state "
+            f"only then); got {names}: use one schedule or anti_masking=False"
+        )
 
 
 def _anti_masked(batch: Batch, t: jax.Array | None, rng: jax.Array, batch_size: int, t_min: float, antithetic: bool):
