@@ -168,15 +168,19 @@ def test_class_multipliers_closed_forms():
     m = completep.class_multipliers(m_n, m_l, a, True)
     assert m["hidden"].lr == pytest.approx(2.0**-0.5 / 4.0)
     assert m["hidden"].eps == pytest.approx(1 / (4.0 * 2.0**0.5))
-    assert m["hidden"].weight_decay == 4.0
+    # lambda: x m_N for the lr-coupled form (the paper's table); the decoupled form keeps the per-step
+    # shrink lr * lambda of the coupled one, (2^-0.5 / 4) * 4 = 2^-0.5.
+    assert m["hidden"].lambda_multiplier(decoupled=False) == pytest.approx(4.0)
+    assert m["hidden"].lambda_multiplier(decoupled=True) == pytest.approx(2.0**-0.5)
     assert m["output"] == m["hidden"]
-    assert (m["embedding"].lr, m["embedding"].eps, m["embedding"].weight_decay) == (1.0, 0.25, 1.0)
-    assert m["vector"].weight_decay == 0.0
+    assert (m["embedding"].lr, m["embedding"].eps) == (1.0, 0.25)
+    assert m["embedding"].lambda_multiplier(False) == m["embedding"].lambda_multiplier(True) == 1.0
+    assert m["vector"].lambda_multiplier(False) == m["vector"].lambda_multiplier(True) == 0.0
     assert completep.residual_multiplier(m_l, a, True) == pytest.approx(2.0**-0.5)
     # Off, or at the base shape: every multiplier is 1 (vectors still never decay).
     for mults in (completep.class_multipliers(m_n, m_l, a, False), completep.class_multipliers(1.0, 1.0, a, True)):
         for name in ("hidden", "output", "embedding"):
-            assert (mults[name].lr, mults[name].eps, mults[name].weight_decay) == (1.0, 1.0, 1.0)
+            assert (mults[name].lr, mults[name].eps, mults[name].lambda_multiplier(False), mults[name].lambda_multiplier(True)) == (1.0,) * 4
     assert completep.residual_multiplier(m_l, a, False) == 1.0
 
 
@@ -210,15 +214,22 @@ def test_first_adamw_step_matches_hand_computation(completep_on, scaling):
     grads = jax.tree.map(lambda x: 0.1 * x + 0.05, params)
     tx = make_optimizer(c.optim, p, params, model_width=4, model_depth=4)
     updates, _ = tx.update(grads, tx.init(params), params)
-    mults = completep.class_multipliers(2.0, 4.0, 0.5, completep_on)
+    # The rule's table at m_N = 4/2 = 2, m_L = 4/1 = 4, alpha = 1/2, written out by hand:
+    # (lr, eps, lambda coupled, lambda decoupled) multipliers per class.
+    m_n, m_l = 2.0, 4.0
+    matrix = (m_l**-0.5 / m_n, 1 / (m_n * m_l**0.5), m_n, m_l**-0.5)
+    rule = {"hidden": matrix, "output": matrix, "embedding": (1.0, 1 / m_n, 1.0, 1.0), "vector": (1.0, 1.0, 0.0, 0.0)}
+    if not completep_on:
+        rule = {k: (1.0, 1.0, v[2] and 1.0, v[3] and 1.0) for k, v in rule.items()}
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         name = completep.path_name(path)
-        m = mults[completep.classify(name, g.ndim)]
+        lr_m, eps_m, lam_coupled, lam_decoupled = rule[completep.classify(name, g.ndim)]
         x = np.asarray(_get(params, path))
-        lr = p.lr * m.lr  # schedule factor is 1 at step 0 without warm-up
-        adam = np.asarray(g) / (np.abs(np.asarray(g)) + p.eps * m.eps)
-        decay = p.weight_decay * m.weight_decay * (1.0 / lr if p.decoupled_decay else 1.0)
-        expected = -lr * (adam + decay * x)
+        lr = p.lr * lr_m  # schedule factor is 1 at step 0 without warm-up
+        adam = np.asarray(g) / (np.abs(np.asarray(g)) + p.eps * eps_m)
+        # coupled: u = -lr (adam + lambda w); decoupled: u = -lr adam - lambda w (per-step shrink lambda)
+        shrink = p.weight_decay * lam_decoupled if p.decoupled_decay else lr * p.weight_decay * lam_coupled
+        expected = -lr * adam - shrink * x
         np.testing.assert_allclose(np.asarray(_get(updates, path)), expected, rtol=2e-5, atol=1e-9, err_msg=name)
 
 
@@ -253,3 +264,4 @@ def test_optim_validation_errors():
         c.optim[key] = value
         with pytest.raises(ConfigError, match=f"optim.{key}=.*{match}"):
             validate(c)
+

@@ -48,6 +48,7 @@ class ModelOptions:
     attention: str = "explicit"  # explicit (matmuls + softmax) | fused (jax.nn.dot_product_attention)
     head: str = "targets"  # training loss: targets (only the target logits, per modality) | full (all logits)
     branch_scale: float = 1.0  # residual-branch multiplier (CompleteP depth scaling sets it)
+    head_init_scale: float = 1.0  # factor on the head's 1/sqrt(width) init std (CompleteP: 1/sqrt(m_N))
     norm_eps: float = 1e-6
 
 
@@ -236,7 +237,7 @@ class Transformer(nnx.Module):
         self.modality_embed = param(rngs, nnx.initializers.normal(1.0), (NUM_MODALITIES, d), (None, "embed"), pdt)
         self.blocks = Blocks(shape, opts, rngs=rngs)
         self.final_norm = param(rngs, nnx.initializers.ones, (d,), ("embed",), pdt)
-        self.head = param(rngs, _dense_init(d), (d, vp), ("embed", "vocab"), pdt)
+        self.head = param(rngs, _dense_init(d, opts.head_init_scale), (d, vp), ("embed", "vocab"), pdt)
         # Allowed logit range per modality id; NONE (specials) may predict any real id but MASK.
         table = vocab.range_table().copy()
         table[0] = (0, vocab.size)

@@ -17,7 +17,7 @@ from mdiff.optim.sde import OptimPlan
 
 def _class_transform(plan: OptimPlan, optim: Any, mult: completep.Multipliers) -> optax.GradientTransformation:
     schedule = make_schedule(plan, optim.schedule, optim.final_lr_fraction, scale=mult.lr)
-    decay = plan.weight_decay * mult.weight_decay
+    decay = plan.weight_decay * mult.lambda_multiplier(plan.decoupled_decay)
     if plan.decoupled_decay and decay:
         # Loshchilov-Hutter: the decay follows the schedule's shape but not the peak lr, so divide it out.
         decay = decay / (plan.lr * mult.lr)

@@ -94,12 +94,11 @@ def setup(config: Any, workdir: pathlib.Path, vocab: Any) -> Run:
     mesh = sharding.make_mesh(config)
     check_batch_layout(config, sharding.data_parallel_size(mesh, config))
     shape = scaling.resolve_shape(config.model)
-    m_n, m_l = completep.width_depth_ratios(shape.width, shape.depth, config.optim)
-    branch = completep.residual_multiplier(m_l, config.optim.depth_alpha, config.optim.completep)
+    overrides = completep.model_overrides(shape.width, shape.depth, config.optim)
     seq_len = config.data.seq_len
 
     def make_model():
-        return build_model(config.model, vocab, seq_len, rngs=nnx.Rngs(config.seed), branch_scale=branch)
+        return build_model(config.model, vocab, seq_len, rngs=nnx.Rngs(config.seed), **overrides)
 
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model))
     params_sh = sharding.param_shardings(abstract_params, mesh, config)
@@ -146,11 +145,10 @@ def setup(config: Any, workdir: pathlib.Path, vocab: Any) -> Run:
 def init_state(run: Run) -> dict:
     """Initialise parameters and optimiser state directly in their shardings (never on one device)."""
     config = run.config
-    m_l = run.shape.depth / config.optim.depth_base
-    branch = completep.residual_multiplier(m_l, config.optim.depth_alpha, config.optim.completep)
+    overrides = completep.model_overrides(run.shape.width, run.shape.depth, config.optim)
 
     def init():
-        model = build_model(config.model, run.vocab, config.data.seq_len, rngs=nnx.Rngs(config.seed), branch_scale=branch)
+        model = build_model(config.model, run.vocab, config.data.seq_len, rngs=nnx.Rngs(config.seed), **overrides)
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         return {
             "params": params,
