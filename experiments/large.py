@@ -32,7 +32,8 @@ def get_config(variant: str = "3b"):
     config.optim.completep = True
     config.optim.width_base = 1024
     config.optim.depth_base = 6
-    config.optim.batch_base = 256
+    config.optim.batch_base = 256  # the pilot's base point: 256 sequences of 1024 tokens per step
+    config.optim.seq_len_base = 1024
     config.optim.tokens_base = 13_000_000_000
     config.optim.steps_critical = 2000
     if variant.startswith("3b"):

@@ -12,6 +12,7 @@ VARIANTS = ("base", *(f"b{b}" for b in BATCHES), "naive-b1024")
 
 TOKENS = 13_000_000_000
 BATCH_BASE = 256
+SEQ_LEN = 1024
 
 
 def get_config(variant: str = "base"):
@@ -19,13 +20,14 @@ def get_config(variant: str = "base"):
     config.name = f"pilot-{variant}"
     config.model.size = "pilot-320m"
     config.model.dtype = "bfloat16"
-    config.data.seq_len = 1024
+    config.data.seq_len = SEQ_LEN
     config.train.tokens = TOKENS
     config.train.log_every = 50
     config.train.eval_every = 2000
     config.train.eval_batches = 16
     config.train.checkpoint_every = 2000
     config.optim.batch_base = BATCH_BASE
+    config.optim.seq_len_base = SEQ_LEN  # base point: 256 x 1024 tokens per step
     config.optim.tokens_base = TOKENS
     config.optim.schedule = "cosine"
     config.optim.warmup = 0.25  # cap: 25% of the steps

@@ -40,6 +40,7 @@ def get_config(variant: str = "cpu-s"):
     config.train.checkpoint_every = 100
     # Base point of the quickstart: the batch and horizon the base values were picked at.
     config.optim.batch_base = 16
+    config.optim.seq_len_base = 128  # base point: 16 x 128 tokens per step
     config.optim.tokens_base = 16 * 128 * 300
     config.optim.lr = 3e-3
     config.optim.warmup = 0.1
@@ -59,6 +60,7 @@ def get_config(variant: str = "cpu-s"):
         config.train.checkpoint_every = 4
         config.train.progress = False
         config.optim.batch_base = 8
+        config.optim.seq_len_base = 32
         config.optim.tokens_base = 8 * 32 * 12
         config.optim.steps_critical = 4
     else:

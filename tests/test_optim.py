@@ -39,7 +39,7 @@ def _config(**over):
     ],
 )
 def test_worked_table(batch, tokens, kappa, lr_x, b2_099, b2_0999, eps_x):
-    k = sde.kappa(batch, tokens, 256, 13e9, 0.44)
+    k = sde.kappa(batch * 1024, tokens, 256 * 1024, 13e9, 0.44)  # batches in tokens per step
     assert k == pytest.approx(kappa, abs=6e-4)
     hp = sde.scaled_hyperparameters(k, lr=1.0, b1=0.9, b2=0.99, eps=1.0, weight_decay=1.0, weight_decay_scaling="sqrt")
     assert hp["lr"] == pytest.approx(lr_x, abs=6e-4)
@@ -265,3 +265,42 @@ def test_optim_validation_errors():
         with pytest.raises(ConfigError, match=f"optim.{key}=.*{match}"):
             validate(c)
 
+
+def test_base_point_is_in_tokens_per_step():
+    # large.py's 3b (1024 x 2048 tokens per step, 6.4T tokens) on the pilot's base point (256 x 1024,
+    # 13B): kappa = (13e9 / 6.4e12)^0.44 * (1024 * 2048) / (256 * 1024) = 0.06537 * 8 = 0.5230 (by hand;
+    # counting sequences instead would give half, and lr off by sqrt 2).
+    from mdiff.config import load_config
+
+    p = sde.plan(load_config("experiments/large.py:3b"))
+    assert p.batch_tokens == 1024 * 2048 and p.batch_tokens_base == 256 * 1024
+    assert p.kappa == pytest.approx(0.5230, abs=5e-4)
+    assert p.lr == pytest.approx(load_config("experiments/large.py:3b").optim.lr * 0.5230**0.5, rel=1e-3)
+    # The same horizon and tokens per step as sequences of another length give the same kappa.
+    a = sde.plan(_config(train__batch=64, data__seq_len=64, optim__batch_base=16, optim__seq_len_base=128))
+    b = sde.plan(_config(train__batch=32, data__seq_len=128, optim__batch_base=16, optim__seq_len_base=128))
+    assert a.kappa == pytest.approx(b.kappa) and a.kappa == pytest.approx(b.kappa)
+    units = p.to_dict()["units"]
+    assert units["batch_tokens_base"] == "tokens per step" and units["batch"] == "sequences per step"
+
+
+def test_batch_study_warmups_are_the_same_in_tokens():
+    # Every point of the CPU batch study warms up over the same tokens (to within one step's tokens, as
+    # steps are whole), not the same steps: the largest batch's warm-up is not 16x the smallest's.
+    import pathlib
+
+    from mdiff.config import apply_overrides, import_python_file, load_config
+
+    sweep_file = pathlib.Path(__file__).resolve().parent.parent / "sweeps" / "batch.py"
+    module = import_python_file(sweep_file, prefix="_test_batch_sweep_")
+    for tokens in (25, 100):
+        warm = {}
+        for batch in (4, 16, 64):
+            c = load_config("experiments/quickstart.py:cpu-xs")
+            with c.unlocked():
+                apply_overrides(c, {**module.CPU_COMMON, "train.batch": batch, "train.tokens": tokens * module.CPU_STEP_TOKENS})
+            p = sde.plan(c)
+            warm[batch] = (p.warmup_tokens, p.batch_tokens)
+        want = module.CPU_COMMON["optim.warmup_tokens"]
+        for batch, (got, step_tokens) in warm.items():
+            assert want <= got < want + step_tokens, (batch, got, want)

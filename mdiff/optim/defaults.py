@@ -24,9 +24,10 @@ def optim_defaults() -> ml_collections.ConfigDict:
             b2=0.99,
             eps=1e-8,
             weight_decay=0.1,
-            batch_base=32,
+            batch_base=32,  # sequences per step at the base point ...
+            seq_len_base=128,  # ... of this many tokens: the base point is batch_base * seq_len_base tokens/step
             tokens_base=1_000_000,
-            gamma=0.44,  # kappa = (D_base / D)^gamma * (B / B_base)
+            gamma=0.44,  # kappa = (D_base / D)^gamma * (B L) / (B_base L_base): batches in tokens per step
             reparameterise=True,  # SDE batch reparameterisation; False = naive (base values as they are)
             # sqrt: optax-style AdamW (decay multiplied by lr), wd * sqrt(kappa);
             # linear: decoupled (Loshchilov-Hutter) decay, not multiplied by the peak lr, wd * kappa;
@@ -60,7 +61,7 @@ def validate_optim(config: ConfigDict) -> None:
     for key in ("b1", "b2"):
         if not 0.0 <= o[key] < 1.0:
             fail(f"optim.{key}", o[key], "must lie in [0, 1)")
-    for key in ("lr", "eps", "gamma", "batch_base", "tokens_base", "width_base", "depth_base"):
+    for key in ("lr", "eps", "gamma", "batch_base", "seq_len_base", "tokens_base", "width_base", "depth_base"):
         if o[key] <= 0:
             fail(f"optim.{key}", o[key], "must be > 0")
     for key in ("weight_decay", "clip", "warmup_tokens", "warmup_steps_max", "steps_critical"):

@@ -1,16 +1,19 @@
 """The SDE batch reparameterisation: from base hyperparameters to this run's (arXiv 2602.21472, batch size).
 
-Base hyperparameters are tuned once at batch B_base and token horizon D_base. A run with physical
-batch B, horizon D and sequence length L uses
+Base hyperparameters are tuned once at a base point: B_base sequences of L_base tokens per step
+(`optim.batch_base`, `optim.seq_len_base`) and token horizon D_base (`optim.tokens_base`). Batches
+enter in TOKENS PER STEP, so a run with another sequence length is placed correctly: a run with
+physical batch B sequences of L tokens and horizon D uses
 
-    kappa = (D_base / D)^gamma * (B / B_base)
+    kappa = (D_base / D)^gamma * (B L) / (B_base L_base)
     lr = sqrt(kappa) lr_base,  beta_i = beta_i_base^kappa,  eps = eps_base / sqrt(kappa)
     weight decay: * sqrt(kappa) (optax-style, lr-coupled) | * kappa (decoupled) | unchanged
     steps S = D / (L B)
 
 which is valid while S >= S_crit. The logical batch is the batch at which the base values apply
-unchanged for this horizon, B / kappa = B_base (D / D_base)^gamma. Micro-batching is separate and
-does not enter here.
+unchanged for this horizon, B / kappa sequences of L tokens = B_base L_base (D / D_base)^gamma tokens
+per step. Micro-batching is separate and does not enter here. `OptimPlan.UNITS` names every field's
+unit; it is written into summary.json's `plan`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class OptimPlan:
 
     batch: int  # physical batch (sequences per optimiser step)
     seq_len: int
+    batch_tokens: int  # physical batch in tokens per step: batch * seq_len
+    batch_tokens_base: int  # the base point's tokens per step: batch_base * seq_len_base
     steps: int
     tokens: int  # tokens actually trained: steps * batch * seq_len
     kappa: float  # the factor applied (1 when the reparameterisation is off)
@@ -42,19 +47,33 @@ class OptimPlan:
     decoupled_decay: bool  # decay not multiplied by the peak lr (Loshchilov-Hutter)
     batch_logical: float
     warmup_steps: int
+    warmup_tokens: int  # warmup_steps * batch_tokens
     steps_critical: int
+
+    UNITS = {
+        "batch": "sequences per step",
+        "seq_len": "tokens per sequence",
+        "batch_tokens": "tokens per step",
+        "batch_tokens_base": "tokens per step",
+        "batch_logical": "sequences of seq_len tokens per step",
+        "tokens": "tokens (processed)",
+        "steps": "optimiser steps",
+        "warmup_steps": "optimiser steps",
+        "warmup_tokens": "tokens (processed)",
+        "kappa": "(D_base/D)^gamma * batch_tokens / batch_tokens_base",
+    }
 
     @property
     def below_critical(self) -> bool:
         return self.steps < self.steps_critical
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"below_critical": self.below_critical}
+        return dataclasses.asdict(self) | {"below_critical": self.below_critical, "units": dict(self.UNITS)}
 
 
-def kappa(batch: int, tokens: float, batch_base: int, tokens_base: float, gamma: float) -> float:
-    """kappa = (D_base / D)^gamma * (B / B_base)."""
-    return (tokens_base / tokens) ** gamma * (batch / batch_base)
+def kappa(batch_tokens: int, tokens: float, batch_tokens_base: int, tokens_base: float, gamma: float) -> float:
+    """kappa = (D_base / D)^gamma * (B L) / (B_base L_base), batches in tokens per step."""
+    return (tokens_base / tokens) ** gamma * (batch_tokens / batch_tokens_base)
 
 
 def scaled_hyperparameters(
@@ -101,7 +120,8 @@ def plan(config: Any) -> OptimPlan:
     o, t = config.optim, config.train
     seq_len = config.data.seq_len
     steps = num_steps(t.tokens, t.batch, seq_len)
-    k = kappa(t.batch, t.tokens, o.batch_base, o.tokens_base, o.gamma) if o.reparameterise else 1.0
+    batch_tokens, batch_tokens_base = t.batch * seq_len, o.batch_base * o.seq_len_base
+    k = kappa(batch_tokens, t.tokens, batch_tokens_base, o.tokens_base, o.gamma) if o.reparameterise else 1.0
     hp = scaled_hyperparameters(
         k,
         lr=o.lr,
@@ -111,24 +131,28 @@ def plan(config: Any) -> OptimPlan:
         weight_decay=o.weight_decay,
         weight_decay_scaling=o.weight_decay_scaling,
     )
+    warm = warmup_steps(steps, t.batch, seq_len, o)
     return OptimPlan(
         batch=t.batch,
         seq_len=seq_len,
+        batch_tokens=batch_tokens,
+        batch_tokens_base=batch_tokens_base,
         steps=steps,
         tokens=steps * t.batch * seq_len,
         kappa=k,
         **hp,
         decoupled_decay=o.weight_decay_scaling == "linear",
         batch_logical=t.batch / k,
-        warmup_steps=warmup_steps(steps, t.batch, seq_len, o),
+        warmup_steps=warm,
+        warmup_tokens=warm * batch_tokens,
         steps_critical=o.steps_critical,
     )
 
 
 def describe(p: OptimPlan) -> str:
     return (
-        f"batch {p.batch} (logical {p.batch_logical:.4g}), kappa {p.kappa:.4g}, steps {p.steps} "
-        f"(warm-up {p.warmup_steps}), lr {p.lr:.4g}, betas ({p.b1:.6g}, {p.b2:.6g}), eps {p.eps:.3g}, "
+        f"batch {p.batch} x {p.seq_len} tokens (logical {p.batch_logical:.4g}; base {p.batch_tokens_base} tokens/step), "
+        f"kappa {p.kappa:.4g}, steps {p.steps} (warm-up {p.warmup_steps}), lr {p.lr:.4g}, betas ({p.b1:.6g}, {p.b2:.6g}), eps {p.eps:.3g}, "
         f"weight decay {p.weight_decay:.4g}"
     )
 
