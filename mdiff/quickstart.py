@@ -257,6 +257,17 @@ def quickstart_sections(result: Result, sweep_name: str) -> list[Any]:
     return sections
 
 
+def fit_line(fit: dict[str, Any]) -> str:
+    """One fit from analyses.json in words: a fit the data cannot pin down is never printed as a finding."""
+    if not fit.get("identifiable", True):
+        reasons = (fit.get("diagnostics") or {}).get("reasons") or ["see the report"]
+        return f"NOT IDENTIFIABLE from these runs, not a finding ({reasons[0]})"
+    ci = fit.get("ci95") or {}
+    alpha = f"{fit['alpha']:.3g}" + (f" [{ci['alpha'][0]:.3g}, {ci['alpha'][1]:.3g}]" if ci.get("alpha") else "")
+    beta = f"{fit['beta']:.3g}" + (f" [{ci['beta'][0]:.3g}, {ci['beta'][1]:.3g}]" if ci.get("beta") else "")
+    return f"L = {fit['E']:.3g} + {fit['A']:.3g}/N^alpha + {fit['B']:.3g}/D^beta, alpha {alpha}, beta {beta}"
+
+
 def build_report(result: Result, sweep_name: str, n_bootstrap: int) -> pathlib.Path:
     """analysis.report on the sweep directory (fits per modality, IsoFLOP, plots, tables, summary.md),
     with the quickstart's sections added; returns DIR/report/index.html."""
@@ -280,13 +291,15 @@ def quickstart(
     data_dir: str | None = None,
     force: bool = False,
     samples: bool = True,
-    n_bootstrap: int = 0,
+    n_bootstrap: int = 1000,
     stream: TextIO | None = sys.stderr,
 ) -> Result:
     """Run every stage (skipping work already done) and return where things are."""
     from mdiff.sweeps_lib.expand import expand, load_sweep
     from mdiff.sweeps_lib.runner import Progress, run_sweep
 
+    if n_bootstrap < 0:
+        raise SweepError(f"--bootstrap must be >= 0, got {n_bootstrap}")
     stages = Stages(4, stream)
     out = pathlib.Path(out).resolve()
     result = Result(out)
@@ -326,7 +339,7 @@ def quickstart(
     result.report = build_report(result, sw.name, n_bootstrap)
     result.summary = out / "report" / "summary.md"
     for column, fit in result.fits.items():
-        stages.say(f"fit {column}: L = {fit['E']:.3g} + {fit['A']:.3g}/N^{fit['alpha']:.3g} + {fit['B']:.3g}/D^{fit['beta']:.3g}")
+        stages.say(f"fit {column}: {fit_line(fit)}")
     stages.end()
     result.wall_s = stages.elapsed()
     # Stage timings, for benchmarks (a rerun that skips work shows it here too).
@@ -346,8 +359,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep", default=DEFAULT_SWEEP, help=f"the scaling sweep to run (default {DEFAULT_SWEEP})")
     parser.add_argument("--data-dir", default=None, help="dataset directory (default $MDIFF_DATA_DIR or ~/.cache/mdiff/data)")
     parser.add_argument("--no-samples", action="store_true", help="skip sampling and scoring")
-    parser.add_argument("--bootstrap", type=int, default=0,
-                        help="bootstrap replicates for the fits' intervals (default 0: point fits, fast on a CPU)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap replicates for the fits' intervals (default 1000; 0: point fits only)")
     parser.add_argument("--force", action="store_true", help="use an output directory that holds another sweep")
 
 

@@ -265,3 +265,36 @@ def test_arrays_api_rejects_the_same_cases():
         isoflop.fit_isoflop_arrays(df.params, df.tokens, df.loss, n_bootstrap=-1)
 
 
+
+
+# ------------------------------------------------------------------------------------------------
+# What the quickstart and the report show
+# ------------------------------------------------------------------------------------------------
+def test_quickstart_line_never_prints_an_unidentifiable_fit_as_a_finding():
+    from mdiff.quickstart import fit_line
+
+    grid = quickstart_grid()
+    table = grid.assign(loss_image=_noisy(QUICKSTART_IMAGE_FIT, grid.params, grid.tokens, 0))
+    flagged = json.loads(json.dumps(scaling.fit_scaling_law(table, "loss_image", **FAST).to_json()))
+    line = fit_line(flagged)
+    assert line.startswith("NOT IDENTIFIABLE") and "L =" not in line
+    df = scaling.synthetic_table(TRUTH, 40, noise=0.01, seed=2)
+    good = scaling.fit_arrays(df.params, df.tokens, df.loss, **FAST).to_json()
+    assert fit_line(good).startswith("L = ") and "alpha 0.3" in fit_line(good) and "[" in fit_line(good)
+
+
+def test_report_greys_out_an_unidentifiable_fit(tmp_path):
+    from analysis.report import build_report
+
+    grid = quickstart_grid()
+    grid["loss"] = _noisy(QUICKSTART_IMAGE_FIT, grid.params, grid.tokens, 1)
+    grid["name"] = [f"r{i}" for i in range(len(grid))]
+    (tmp_path / "runs").mkdir()
+    grid.to_csv(tmp_path / "results.csv", index=False)
+    text = build_report(tmp_path, n_bootstrap=10).read_text()
+    assert "class='fit unidentified'" in text and "Not identifiable: these data do not pin the law down" in text
+    assert "non-embedding parameters N" in text and "total parameters N (with embeddings)" in text  # both conventions
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "**Not identifiable: not a finding.**" in summary and "| E | not identified |" in summary
+    analyses = json.loads((tmp_path / "report" / "analyses.json").read_text())
+    assert analyses["scaling_fit"]["identifiable"] is False and "scaling_fit_total" in analyses
