@@ -50,6 +50,30 @@ def fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"config.{key}={value!r}: {allowed}")
 
 
+# Resolvers: run after overrides, before validation, to turn shorthands into the explicit fields that
+# run (a model.size preset into width/depth/heads/mlp_hidden), so config.json records what trained.
+_RESOLVERS: dict[tuple[str, str], Validator] = {}
+
+
+def register_resolver(section: str, kind: str = "diffusion") -> Callable[[Validator], Validator]:
+    """Decorator: `resolve` runs `fn(config)` (which may set keys) on configs of `kind` that have `section`."""
+
+    def wrap(fn: Validator) -> Validator:
+        _RESOLVERS[(section, kind)] = fn
+        return fn
+
+    return wrap
+
+
+def resolve(config: ConfigDict) -> ConfigDict:
+    """Run every registered resolver that applies (same kind, section present)."""
+    kind = config.get("kind", "diffusion")
+    for (section, resolver_kind), fn in _RESOLVERS.items():
+        if resolver_kind == kind and section in config:
+            fn(config)
+    return config
+
+
 def validate(config: ConfigDict) -> ConfigDict:
     """Run every registered validator that applies: same kind, and the config has the section."""
     kind = config.get("kind", "diffusion")
@@ -142,6 +166,7 @@ def load_config(spec: str, overrides: Sequence[str] = (), *, check: bool = True)
     if not isinstance(config, ConfigDict):
         raise ConfigError(f"config {spec!r}: get_config returned {type(config).__name__}, not a ConfigDict")
     apply_overrides(config, overrides)
+    resolve(config)
     if check:
         validate(config)
     config.lock()

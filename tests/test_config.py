@@ -77,3 +77,25 @@ def test_validators_only_run_on_their_kind():
 
 def test_base_config_validates():
     cfg.validate(base_config())
+
+
+def test_a_size_preset_is_expanded_into_the_shape_that_trains():
+    # quickstart cpu-s names the preset; config.json (to_dict) must show its shape, not the defaults.
+    from mdiff.model.scaling import PRESETS
+
+    c = cfg.load_config("experiments/quickstart.py:cpu-s")
+    preset = PRESETS["cpu-s"]
+    written = cfg.to_dict(c)["model"]
+    assert (written["width"], written["depth"], written["heads"], written["mlp_hidden"]) == (
+        preset.width, preset.depth, preset.heads, preset.mlp_hidden)
+    # Setting a field to the preset's own value is no conflict.
+    assert cfg.load_config("experiments/quickstart.py:cpu-s", [f"--config.model.width={preset.width}"]).model.width == preset.width
+
+
+def test_a_preset_and_a_conflicting_explicit_field_is_an_error():
+    with pytest.raises(ConfigError, match=r"config.model.width=64 conflicts with config.model.size='cpu-s'"):
+        cfg.load_config("experiments/quickstart.py:cpu-s", ["--config.model.width=64"])
+    # Clearing the preset makes the explicit shape the one that trains.
+    c = cfg.load_config("experiments/quickstart.py:cpu-s", ["--config.model.size=", "--config.model.width=64",
+                                                           "--config.model.heads=4"])
+    assert c.model.size == "" and c.model.width == 64

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from mdiff.config import ConfigDict, fail, register_validator
+from mdiff.config import ConfigDict, fail, register_resolver, register_validator
 
 
 ATTENTION_CHOICES = ("auto", "explicit", "fused")
@@ -14,7 +14,9 @@ HEAD_CHOICES = ("targets", "full")
 def model_defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
-            size="",  # a named preset from mdiff.model.scaling; "" uses the explicit shape below
+            # A named preset from mdiff.model.scaling; "" uses the explicit shape below. A preset is
+            # expanded into width/depth/heads/mlp_hidden when the config is loaded (config.json shows them).
+            size="",
             width=256,
             depth=4,
             heads=4,
@@ -56,3 +58,10 @@ def validate_model(config: ConfigDict) -> None:
         fail("model.size", m.size, f"known presets: {', '.join(PRESETS)} (or '' for the explicit shape)")
     if not m.size and m.width % m.heads:
         fail("model.width", m.width, f"must be divisible by model.heads={m.heads}")
+
+
+@register_resolver("model")
+def expand_model_preset(config: ConfigDict) -> None:
+    from mdiff.model.scaling import expand_preset  # pure Python, no JAX
+
+    expand_preset(config.model, model_defaults())

@@ -73,6 +73,35 @@ PRESETS: dict[str, ModelShape] = {
 }
 
 
+SHAPE_KEYS = ("width", "depth", "heads", "mlp_hidden")  # what a preset fixes
+
+
+def expand_preset(model_cfg: Any, defaults: Any) -> None:
+    """Write a `model.size` preset's shape into model_cfg's explicit fields (config.json records them).
+
+    A field that differs from both its default and the preset was set on purpose and conflicts with the
+    preset: a config error naming both (set the preset or the fields, not both).
+    """
+    from mdiff.config import ConfigError  # noqa: PLC0415
+
+    size = _get(model_cfg, "size", "")
+    if not size:
+        return
+    if size not in PRESETS:
+        raise ConfigError(f"config.model.size={size!r}: known presets: {', '.join(PRESETS)} (or '' for the explicit shape)")
+    preset = PRESETS[size]
+    for key in SHAPE_KEYS:
+        value, want = model_cfg[key], getattr(preset, key)
+        if value != want and value != defaults[key]:
+            raise ConfigError(
+                f"config.model.{key}={value!r} conflicts with config.model.size={size!r} (which has {key}={want}); "
+                f"set the preset or the explicit shape, not both"
+            )
+    with model_cfg.unlocked():
+        for key in SHAPE_KEYS:
+            model_cfg[key] = getattr(preset, key)
+
+
 def resolve_shape(model_cfg: Any) -> ModelShape:
     """The shape a `config.model` asks for: a named preset, or the explicit width/depth/heads/mlp."""
     size = _get(model_cfg, "size", "")
