@@ -31,5 +31,6 @@ def get_sweep(variant: str) -> Sweep:
     if variant == "cpu":
         return Sweep(config="experiments/quickstart.py:cpu-xs", points=points, common=CPU_COMMON,
                      description="anti-masking off / on at equal distinct data tokens")  # fmt: skip
-    return Sweep(config="experiments/pilot.py:b256", points=points, common={"train.tokens": 3_250_000_000},
+    common = {"train.tokens": 3_250_000_000, "train.eval_batch": 128}  # eval rows split over 64 devices x 2 (pairs)
+    return Sweep(config="experiments/pilot.py:b256", points=points, common=common,
                  devices=64, hosts=8, description="anti-masking off / on at equal distinct data tokens")
