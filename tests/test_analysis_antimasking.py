@@ -81,3 +81,33 @@ def test_report_batch_section_measures_b_crit_and_gamma(tmp_path):
     out = json.loads((d / "report" / "analyses.json").read_text())["batch"]
     assert [c["b_crit_bracket"] for c in out["critical"]] == [[64.0, 128.0], [256.0, 512.0]]
     assert out["gamma"]["source"] == "naive" and out["gamma"]["gamma"] == pytest.approx(0.44, abs=0.05)
+
+
+def test_gradient_variance_summary_from_known_draws():
+    """Draws with per-coordinate variance s^2 over P coordinates: tr Cov = P s^2; equal means pass the bias check."""
+    from analysis import gradient_variance
+
+    rng = np.random.default_rng(0)
+    k, p = 400, 50
+    g = {"plain": rng.normal(1.0, 2.0, (k, p)), "anti": rng.normal(1.0, 1.0, (k, p)), "plain_2x": rng.normal(1.0, 2.0 / np.sqrt(2), (k, p))}
+    s = gradient_variance._summarise(g, 8, rng, n_bootstrap=200)
+    est = s["estimators"]
+    assert est["plain"]["variance"] == pytest.approx(p * 4.0, rel=0.1)
+    assert est["anti"]["ratio_to_plain"] == pytest.approx(0.25, rel=0.15)
+    lo, hi = est["plain_2x"]["ratio_ci95"]
+    assert lo <= 0.5 <= hi
+    assert (est["anti"]["distinct_rows"], est["anti"]["computed_rows"]) == (8, 16)
+    assert s["bias_check"]["ratio"] < 3.0  # same mean: the difference is of the noise's size
+    g["anti"] = g["anti"] + 1.0  # a biased estimator stands out
+    assert gradient_variance._summarise(g, 8, rng, n_bootstrap=10)["bias_check"]["ratio"] > 20
+
+
+def test_gradient_variance_picks_a_run_without_anti_masking(tmp_path):
+    from analysis import gradient_variance
+    from analysis.errors import AnalysisError
+
+    d = _sweep(tmp_path, _anti_table(), ["seed", "diffusion.anti_masking"])
+    assert gradient_variance.pick_run(d, None).name == "r0"  # r0: seed 0, off
+    with pytest.raises(AnalysisError, match="no complete run named"):
+        gradient_variance.pick_run(d, "nope")
+    assert gradient_variance.main([str(d), "--run", "nope"]) == 2 and not (d / "gradient_variance.json").exists()
