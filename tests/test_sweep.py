@@ -208,9 +208,9 @@ def test_runner_results_and_skip(env):
     outcome = msweep.run_sweep(s, out, parallel=2, entry=entry(env), progress=None, poll_s=0.05)
     assert outcome.ok and sorted(outcome.complete) == sorted(r.name for r in msweep.expand(s))
     rows = read_csv(out / "results.csv")
-    assert list(rows[0]) == ["name", "model.width", "train.tokens", "params", "params_total", "tokens", "flops",
-                             "loss", "loss_text", "loss_image", "loss_audio", *state.PLAN_COLUMNS, *state.CONFIGURED_COLUMNS,
-                             "status"]  # fmt: skip
+    assert list(rows[0]) == ["name", "model.width", "train.tokens", "params", "params_nonembedding", "params_total", "tokens",
+                             "tokens_processed", "flops", "flops_per_token", "loss", "loss_text", "loss_image", "loss_audio",
+                             *state.PLAN_COLUMNS, *state.CONFIGURED_COLUMNS, "status"]  # fmt: skip
     assert {r["status"] for r in rows} == {"complete"}
     row = next(r for r in rows if r["name"] == "width-64_tokens-8192")
     assert float(row["loss"]) == pytest.approx(2.0 + 100 / 64 + 1e4 / 8192)

@@ -12,6 +12,13 @@ FLOPs per token (training, forward + backward), the usual dense-transformer coun
 where N_matmul = L * (4 D^2 + k D F) + D * V_padded counts every weight that multiplies each token
 (k = 3 for SwiGLU, 2 for GELU; the head really computes all V_padded logits) and 12 L D S counts
 Q K^T and P V. Gathers (embeddings), norms, RoPE, softmax and the optimiser are not counted.
+
+The one compute model every run records and every analysis reads (summary.json and results.csv):
+`params_nonembedding` (N of the fits; `params` is the same number, kept for older readers),
+`params_total`, `flops_per_token` (the count above, per token the model computes on) and
+`flops` = tokens_processed x flops_per_token (C of the fits). Note that C is not 6 N D: the head and
+attention are in F, N excludes the head, and with anti-masking D (`tokens`, distinct data) is half of
+`tokens_processed`. A fit that needs C as a function of N uses F(N) fitted to the logged flops_per_token.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from mdiff.vocab import MODALITIES
 
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.csv"
-METRIC_COLUMNS = ("params", "params_total", "tokens", "flops", "loss", "loss_text", "loss_image", "loss_audio")
+METRIC_COLUMNS = ("params", "params_nonembedding", "params_total", "tokens", "tokens_processed", "flops", "flops_per_token", "loss", "loss_text", "loss_image", "loss_audio")
 # The optimiser values a run actually used (summary.json `plan`, after the batch reparameterisation), and the
 # configured starting values the batch analysis compares with its measurements (config.json optim.*).
 PLAN_COLUMNS = ("kappa", "lr", "b1", "b2", "eps", "weight_decay", "steps", "warmup_steps", "warmup_tokens", "steps_critical")
@@ -213,7 +213,7 @@ def _first(summary: dict[str, Any], *keys: str) -> Any:
 
 def metrics_of(summary: dict[str, Any]) -> dict[str, Any]:
     """The results.csv metric columns from a summary.json (final eval/ losses)."""
-    row = {k: summary.get(k) for k in ("params", "params_total", "tokens", "flops")}
+    row = {k: summary.get(k) for k in ("params", "params_nonembedding", "params_total", "tokens", "tokens_processed", "flops", "flops_per_token")}
     row["loss"] = _first(summary, "eval/loss", "loss")
     for m in MODALITIES:
         row[f"loss_{m}"] = _first(summary, f"eval/loss/{m}", f"eval/loss_{m}", f"loss/{m}")

@@ -445,9 +445,11 @@ class _Loop:
         out = {
             "status": status,
             "name": self.config.get("name", ""),
-            "params": counts["non_embedding"],
+            "params": counts["non_embedding"],  # = params_nonembedding (kept for older readers)
+            "params_nonembedding": counts["non_embedding"],
             "params_total": counts["total"],
             "params_embedding": counts["embedding"],
+            "flops_per_token": self.run_.flops_per_token,  # per processed token: flops = tokens_processed x this
             "tokens": step * self.data_tokens_per_step,
             "tokens_processed": step * self.tokens_per_step,
             "flops": step * self.tokens_per_step * self.run_.flops_per_token,
