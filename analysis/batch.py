@@ -337,9 +337,12 @@ def fit_gamma(
         why = "; ".join(excluded) or f"fewer than 2 horizons with >= 3 grid values ({source} runs)"
         raise AnalysisError(f"gamma not identifiable from the {source} runs: {why}")
     gamma, intercept = _slope(optima)
-    boots = _bootstrap(runs, keys, optima_of, n_bootstrap, seed)
+    single = runs.groupby(keys).loss.size().min() < 2
+    boots = np.asarray([]) if single else _bootstrap(runs, keys, optima_of, n_bootstrap, seed)
     ci = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) >= 20 else [float("nan")] * 2
-    if len(boots) < 0.9 * n_bootstrap:
+    if single:
+        excluded.append("a grid point has a single run: no interval (the bootstrap over seeds needs >= 2 per point)")
+    elif len(boots) < 0.9 * n_bootstrap:
         excluded.append(f"{n_bootstrap - len(boots)} of {n_bootstrap} bootstrap resamples had an optimum at the grid edge")
     return GammaFit(source, gamma, ci, intercept, optima, excluded, len(boots), gamma_configured)
 

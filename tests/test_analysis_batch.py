@@ -177,3 +177,9 @@ def test_results_table_carries_the_optimiser_values_used(tmp_path):
     for key, value in plan.items():
         assert row[key] == pytest.approx(value)
     assert row["optim.gamma"] == 0.44 and row["train.batch"] == 32 and row["status"] == "complete"
+
+
+def test_gamma_from_one_seed_has_no_interval():
+    df = batch.synthetic_batch_table(horizons=(1e6, 4e6), batches=(4, 8, 16, 32, 64, 128, 256), seeds=1)
+    fit = batch.fit_gamma(df, source="naive", n_bootstrap=50)
+    assert np.isnan(fit.ci95).all() and any("single run" in e for e in fit.excluded)
