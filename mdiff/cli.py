@@ -76,7 +76,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="--config.KEY=VALUE",
-        help="override any config key, e.g. --config.model.width=256 --config.train.batch=16",
+        help="override any config key, e.g. --config.model.width=256 --config.train.batch=16. Build-time keys "
+        "(data.tokenizer.*, data.voices, data.speeds, data.pitches, data.speech_variants) act in `mdiff data build` "
+        "only; optim.width_base, depth_base and depth_alpha act only with optim.completep=True",
     )
 
 
