@@ -2,7 +2,7 @@
 
 Variants:
   cpu   linear, cosine and geometric(0.01,20), each for every modality at once, x seeds 0 and 1 (6 points):
-        the smallest quickstart model (cpu-xxs), 200 steps of 16 x 128 tokens. Each modality's loss is
+        the smallest quickstart model (cpu-xxs), 150 steps of 16 x 128 tokens. Each modality's loss is
         compared across schedules; `mdiff nelbo` then scores every run under one estimator on the same
         tokens, and `mdiff eval` scores samples (REPRODUCTION.md)
   pod   every combination of linear, cosine, polynomial(2) and geometric(0.01,20) over the three
@@ -16,10 +16,10 @@ VARIANTS = ("cpu", "pod")
 CPU_SCHEDULES = ("linear", "cosine", "geometric(0.01,20)")
 CPU_SEEDS = (0, 1)
 CPU_COMMON = {
-    "train.tokens": 16 * 128 * 200,
+    "train.tokens": 16 * 128 * 150,
     "train.eval_every": 0,  # evaluate once, at the end
     "train.eval_batches": 8,
-    "train.checkpoint_every": 200,
+    "train.checkpoint_every": 150,
     "train.progress": False,
 }
 
