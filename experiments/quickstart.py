@@ -7,8 +7,7 @@ the embedded offline dataset, and `test`, which trains in seconds on the synthet
 import pathlib
 
 from mdiff.defaults import base_config
-from mdiff.diffusion.sampling_defaults import TASK_SECTIONS
-from mdiff.eval.commands import file_defaults
+from mdiff.diffusion.sampling_defaults import TASK_SECTIONS, file_defaults
 
 SIZES = ("cpu-xxs", "cpu-xs", "cpu-s", "cpu-m", "cpu-l")
 VARIANTS = (*SIZES, "test")

@@ -1,8 +1,8 @@
 """The `mdiff` command: parses arguments and dispatches to importable functions. Nothing else lives here.
 
-Each subcommand's logic sits in its package (a module with `configure(parser)` and `run(args) -> int`);
-a subcommand whose module is not installed says so plainly and exits non-zero.
-Bad input (config, workdir, ids) is reported as one line on stderr with exit code 2.
+Each subcommand's logic sits in its package (a module with `configure(parser)` and `run(args) -> int`).
+Bad input (any `mdiff.errors.InputError`: config, workdir, ids, files) is reported as one line on stderr
+with exit code 2; anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mdiff.errors import InputError
 from mdiff.runtime import keep_freed_memory, reexec_with_huge_pages
 
 EXIT_BAD_INPUT = 2
@@ -31,35 +32,6 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "quickstart": ("the whole suite on a CPU: data, sweep, fits, samples, report", "mdiff.quickstart", "configure", "run"),
     "symmetry": ("train or plot the symmetry generative model", "mdiff.symmetry.commands", "configure", "run"),
 }
-
-
-def bad_input_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "your input is wrong" (exit 2, one line) rather than a bug (traceback).
-
-    Evaluated only when an exception reaches `main`, so the heavier modules are imported only then.
-    """
-    from mdiff.config import ConfigError
-    from mdiff.data.layout import LayoutError
-    from mdiff.vocab import VocabError
-    from mdiff.rundir import WorkdirError
-
-    errors: list[type[BaseException]] = [ConfigError, WorkdirError, VocabError, LayoutError]
-    optional = (
-        ("mdiff.data.errors", "DataError"),
-        ("analysis.errors", "AnalysisError"),
-        ("mdiff.sweeps_lib.define", "SweepError"),
-        ("mdiff.diffusion.schedules", "ScheduleError"),
-        ("mdiff.eval.nelbo", "NelboError"),
-        ("mdiff.model.scaling", "ShapeError"),
-        ("mdiff.parallel", "ShardingError"),
-        ("mdiff.symmetry.transforms", "TransformError"),
-    )
-    for module, name in optional:
-        try:
-            errors.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,10 +80,8 @@ def run_train(args: argparse.Namespace) -> int:
             print(f"mdiff train: {args.workdir} is complete ({done.get('steps')} of {done.get('steps_planned')} steps); "
                   "nothing to do (--resume retrains steps whose checkpoint is lost; --overwrite starts afresh)", file=sys.stderr)
             return 0
-        try:
-            from mdiff.train.loop import train_and_evaluate
-        except ModuleNotFoundError as e:
-            return _not_landed("train", e)
+        from mdiff.train.loop import train_and_evaluate
+
         summary = train_and_evaluate(config, args.workdir)
         return rundir.EXIT_STATUS.get(summary.get("status"), 1)
     finally:
@@ -121,11 +91,6 @@ def run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # Parser and dispatch
 # ---------------------------------------------------------------------------------------------
-def _not_landed(name: str, error: BaseException) -> int:
-    print(f"mdiff {name}: not available in this version yet ({error}); see the issue list", file=sys.stderr)
-    return 3
-
-
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """Pull `--config.a.b=v` (and `--config.a.b v`) out of argv: argparse would take them for options."""
     rest, overrides = [], []
@@ -142,7 +107,7 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int] | BaseException]]:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
     parser = argparse.ArgumentParser(
         prog="mdiff",
         description="mdiff: tri-modal masked diffusion and the symmetry generative model, in JAX.",
@@ -152,13 +117,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     runners: dict[str, Any] = {}
     for name, (help_text, module_name, configure_name, run_name) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        try:
-            module = importlib.import_module(module_name)
-            getattr(module, configure_name)(sp)
-            runners[name] = getattr(module, run_name)
-        except (ImportError, AttributeError) as e:
-            sp.description = f"{help_text}. Not available in this version yet."
-            runners[name] = e
+        module = importlib.import_module(module_name)  # an ImportError here is a bug: let it show
+        getattr(module, configure_name)(sp)
+        runners[name] = getattr(module, run_name)
     return parser, runners
 
 
@@ -178,11 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"mdiff {args.command} takes no --config.KEY=VALUE overrides (got {overrides[0]})")
         args.overrides = list(args.overrides or []) + overrides
     runner = runners[args.command]
-    if isinstance(runner, BaseException):
-        return _not_landed(args.command, runner)
     try:
         return int(runner(args) or 0)
-    except bad_input_errors() as e:
+    except InputError as e:
         print(f"mdiff {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -18,10 +18,12 @@ from typing import Any
 
 import ml_collections
 
+from mdiff.errors import InputError
+
 ConfigDict = ml_collections.ConfigDict
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config that cannot run: unknown file, variant or key, wrong type, impossible combination."""
 
 

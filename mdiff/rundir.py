@@ -31,6 +31,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from mdiff.errors import InputError
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -46,7 +48,7 @@ EXIT_STATUS = {"complete": 0, "failed": 1, "preempted": EXIT_PREEMPTED}
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_DIR)
 
 
-class WorkdirError(ValueError):
+class WorkdirError(InputError):
     """A workdir that cannot be used as asked (different config, not a run directory, unwritable)."""
 
 

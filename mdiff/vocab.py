@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from mdiff.errors import InputError
+
 
 class Modality(enum.IntEnum):
     """Modality of a position. `NONE` marks specials and padding."""
@@ -65,7 +67,7 @@ TASKS: dict[str, tuple[str, Modality | None, Modality]] = {
 }
 
 
-class VocabError(ValueError):
+class VocabError(InputError):
     """An id, size or name that the vocabulary cannot represent."""
 
 

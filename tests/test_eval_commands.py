@@ -8,6 +8,7 @@ import pytest
 
 from mdiff import cli, rundir
 from mdiff.config import load_config
+from mdiff.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +198,7 @@ def test_a_prompt_file_that_is_not_wav_or_image_is_a_clear_error(tmp_path):
         _load_condition("s2t", str(bad), has_tokenizers=True)
     with pytest.raises(SamplingError, match=r"task 'i2t': prompt .* is not an image file"):
         _load_condition("i2t", str(bad), has_tokenizers=True)
-    assert issubclass(SamplingError, cli.bad_input_errors())
+    assert issubclass(SamplingError, InputError)
 
 
 def test_abandoned_reads_of_a_bad_checkpoint_stay_quiet(monkeypatch):

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mdiff.errors import InputError
 from mdiff.vocab import TASKS, Modality, UnifiedVocab, VocabError
 
 BATCH_KEYS = ("tokens", "modality", "loss_mask", "cond_mask", "segment_ids", "positions")
@@ -45,7 +46,7 @@ TARGET = 1  # loss_mask of a real-content target
 FILL_TARGET = 2  # loss_mask of slot fill counted as a target (data.fill_targets only)
 
 
-class LayoutError(ValueError):
+class LayoutError(InputError):
     """An example that does not fit the sequence or breaks the batch contract."""
 
 

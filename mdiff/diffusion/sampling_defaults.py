@@ -21,6 +21,8 @@ scored by exact match / WER. `sweeps/sampling.py` is where they are tuned per ta
 
 from __future__ import annotations
 
+import json
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -60,6 +62,30 @@ def sampling_defaults() -> ml_collections.ConfigDict:
             s2t=task_sampling(steps=32, method="confidence", temperature=0.0),
         )
     )
+
+
+def file_defaults(path: str | None, task: str) -> dict[str, Any]:
+    """This task's settings from a `{"sampling.<task>.<key>": value}` JSON file (a sampling sweep's choice,
+    `mdiff sample --defaults FILE`); {} without a file. Unknown tasks or keys are refused."""
+    from mdiff.diffusion.sampling import SamplingError  # noqa: PLC0415 (jax import)
+
+    if not path:
+        return {}
+    try:
+        data = json.loads(pathlib.Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SamplingError(f"--defaults {path}: cannot read a JSON object ({e})") from None
+    if not isinstance(data, dict):
+        raise SamplingError(f"--defaults {path}: expected a JSON object of sampling.<task>.<key> settings")
+    fields = set(task_sampling())
+    out = {}
+    for key, value in data.items():
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "sampling" or parts[1] not in TASK_SECTIONS or parts[2] not in fields:
+            raise SamplingError(f"--defaults {path}: key {key!r} is not sampling.<task>.<setting>; settings: {', '.join(sorted(fields))}")
+        if parts[1] == task:
+            out[parts[2]] = value
+    return out
 
 
 @register_validator("sampling")

@@ -31,10 +31,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mdiff.errors import InputError
 from mdiff.vocab import MODALITY_BY_NAME, Modality
 
 
-class ScheduleError(ValueError):
+class ScheduleError(InputError):
     """An unknown or malformed schedule name."""
 
 

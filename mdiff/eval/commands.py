@@ -8,7 +8,9 @@ import pathlib
 import sys
 from typing import Any
 
-TASK_CHOICES = ("text", "t2i", "i2t", "t2s", "s2t")
+from mdiff.diffusion.sampling_defaults import TASK_SECTIONS as TASK_CHOICES
+from mdiff.diffusion.sampling_defaults import file_defaults
+
 SETTING_FLAGS = {  # flag -> (SamplerSettings field, type)
     "--steps": ("steps", int),
     "--grid": ("grid", str),
@@ -118,29 +120,6 @@ def _load_condition(task: str, prompt: str | None, has_tokenizers: bool) -> Any:
     except AudioError as e:
         raise SamplingError(f"task 's2t': prompt {prompt!r} is not {kind} file: {e}") from None
     return resample(wav, rate)
-
-
-def file_defaults(path: str | None, task: str) -> dict[str, Any]:
-    """This task's settings from a `{"sampling.<task>.<key>": value}` JSON file (chosen by a sampling sweep)."""
-    from mdiff.diffusion.sampling import SamplingError
-
-    if not path:
-        return {}
-    try:
-        data = json.loads(pathlib.Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SamplingError(f"--defaults {path}: cannot read a JSON object ({e})") from None
-    if not isinstance(data, dict):
-        raise SamplingError(f"--defaults {path}: expected a JSON object of sampling.<task>.<key> settings")
-    fields = {field for field, _ in SETTING_FLAGS.values()}
-    out = {}
-    for key, value in data.items():
-        parts = key.split(".")
-        if len(parts) != 3 or parts[0] != "sampling" or parts[1] not in TASK_CHOICES or parts[2] not in fields:
-            raise SamplingError(f"--defaults {path}: key {key!r} is not sampling.<task>.<setting>; settings: {', '.join(sorted(fields))}")
-        if parts[1] == task:
-            out[parts[2]] = value
-    return out
 
 
 def _settings(config: Any, task: str, args: argparse.Namespace):

@@ -28,11 +28,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from mdiff.errors import InputError
+
 NELBO_FILE = "nelbo_schedules.json"
 DEFAULT_SCHEDULES = "linear,cosine,sine,polynomial(2),geometric(0.01,20)"
 
 
-class NelboError(ValueError):
+class NelboError(InputError):
     """Bad arguments for the schedule-invariance measurement."""
 
 

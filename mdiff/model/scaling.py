@@ -26,12 +26,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mdiff.errors import InputError
 from mdiff.vocab import NUM_MODALITIES
 
 VOCAB_MULTIPLE = 128  # vocabulary rows are padded to this multiple (shardable over tensor axes)
 
 
-class ShapeError(ValueError):
+class ShapeError(InputError):
     """An unknown preset or an inconsistent shape."""
 
 

@@ -21,12 +21,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from mdiff.errors import InputError
 from mdiff.parallel.defaults import MESH_AXES, parse_rules
 
 Rules = dict[str, Any]  # logical axis -> None | mesh axis | tuple of mesh axes
 
 
-class ShardingError(ValueError):
+class ShardingError(InputError):
     """A mesh, rule set or array that cannot be sharded as asked."""
 
 

@@ -22,10 +22,12 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from mdiff.errors import InputError
+
 Point = dict[str, Any]
 
 
-class SweepError(ValueError):
+class SweepError(InputError):
     """A sweep that cannot run: unknown file/variant, invalid points, a directory of another sweep."""
 
 

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdiff.errors import InputError
+
 AFFINE_NAMES = ("shift_x", "shift_y", "rotation", "log_scale_x", "log_scale_y")
 SHEAR_NAME = "shear"
 COLOUR_NAMES = ("hue", "log_saturation", "log_value")
@@ -40,7 +42,7 @@ FAMILIES = ("affine", "affine_shear", "hsv", "affine_hsv")
 ORDERS = (1, 3)
 
 
-class TransformError(ValueError):
+class TransformError(InputError):
     """Input a transform cannot handle: image shape, channel count, eta length or NaN values."""
 
 
