@@ -5,8 +5,11 @@
   python benchmarks/symmetry.py --quick    a 1-minute smoke version of the same (fewer steps)
   python benchmarks/symmetry.py --vae      adds the VAE vs AugVAE vs prototype-VAE test log-likelihood table
                                             over training-set sizes and seeds (mean, s.e., 95% interval, paired
-                                            differences by seed) and writes vae_loglik_vs_size.png into the
-                                            workdir; long (--sizes, --seeds, --sgm-steps, --vae-steps, --iw)
+                                            differences by seed; the paper's InvVAE weight beside them) and
+                                            writes vae_loglik_vs_size.png into the workdir; long (--sizes,
+                                            --seeds, --sgm-steps, --vae-steps (a cap: early stopping on the
+                                            validation ELBO), --valid-every, --patience, --iw)
+The test images are the same for every size and seed (mdiff/symmetry/data.py: load).
 
 The last stdout line is one JSON object with `seconds_total`, `steps_per_s_stage1`, `steps_per_s_stage2` and the
 rest of the figures (and the machine).
@@ -56,8 +59,8 @@ def interval(values: list[float]) -> dict:
     return {"mean": mean, "se": se, "ci95": [mean - half, mean + half], "n": n, "values": values}
 
 
-KINDS = ("vae", "augvae", "protovae")
-PAIRS = (("augvae", "vae"), ("protovae", "vae"), ("protovae", "augvae"))
+KINDS = ("vae", "augvae", "protovae", "invvae")  # invvae: the paper's weight, not a bound on the same log p(x)
+PAIRS = (("augvae", "vae"), ("protovae", "vae"), ("protovae", "augvae"))  # pixel-space rows only
 
 
 def paired(a: list[float], b: list[float]) -> dict:
@@ -75,7 +78,8 @@ def vae_plot(result: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = {"vae": "VAE", "augvae": "AugVAE", "protovae": "prototype-VAE"}
+    names = {"vae": "VAE", "augvae": "AugVAE", "protovae": "prototype-VAE",
+             "invvae": "InvVAE weight (prototype frame, not log p(x))"}
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for i, kind in enumerate(k for k in KINDS if k in result):
         sizes = sorted(result[kind], key=int)
@@ -83,7 +87,8 @@ def vae_plot(result: dict, path: pathlib.Path) -> None:
         means = [result[kind][s]["mean"] for s in sizes]
         err = [[m - result[kind][s]["ci95"][0] for s, m in zip(sizes, means)],
                [result[kind][s]["ci95"][1] - m for s, m in zip(sizes, means)]]
-        ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, label=names[kind])
+        ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, label=names[kind],
+                    linestyle="--" if kind == "invvae" else "-")
     ax.set_xscale("log")
     sizes = sorted({int(s) for by in result.values() for s in by})
     ax.set_xticks(sizes, [str(s) for s in sizes])
@@ -91,13 +96,14 @@ def vae_plot(result: dict, path: pathlib.Path) -> None:
     ax.set_xlabel("training images")
     ax.set_ylabel("test log-likelihood bound (nats / image)")
     ax.set_title("digits, IWLB on the same test pixels (mean, 95% t-interval over seeds)", fontsize=8)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def vae_table(sizes: list[int], seeds: list[int], steps: int, vae_steps: int, iw: int, root: pathlib.Path) -> dict:
+def vae_table(sizes: list[int], seeds: list[int], steps: int, vae_steps: int, iw: int, root: pathlib.Path,
+              valid_every: int = 250, patience: int = 4) -> dict:
     import jax
 
     # Every cell compiles the same programs (parameters are arguments, not constants): cache them on disk so
@@ -106,20 +112,26 @@ def vae_table(sizes: list[int], seeds: list[int], steps: int, vae_steps: int, iw
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     table: dict = {}
     medians: dict = {}
-    for size in sizes:
-        for seed in seeds:
+    stops: dict = {}
+    wall: dict = {}
+    for seed in seeds:  # seed-major: an interrupted table still has every size for the first seeds
+        for size in sizes:
             overrides = [f"--config.seed={seed}", f"--config.data.num_train={size}",
                          f"--config.inference.steps={steps}", f"--config.flow.steps={steps}",
                          f'--config.vae.models={KINDS!r}', f"--config.vae.steps={vae_steps}",
-                         f"--config.vae.iw_samples={iw}", "--config.train.progress=False"]
+                         f"--config.vae.iw_samples={iw}", f"--config.vae.valid_every={valid_every}",
+                         f"--config.vae.patience={patience}", "--config.train.progress=False"]
             t0 = time.time()
             summary = train_once("quick", overrides, root / f"vae_{size}_{seed}")
             for kind in KINDS:
                 table.setdefault(kind, {}).setdefault(str(size), []).append(summary[f"vae/{kind}/test_iwlb"])
                 medians.setdefault(kind, {}).setdefault(str(size), []).append(summary[f"vae/{kind}/test_iwlb_median"])
+                stops.setdefault(kind, {}).setdefault(str(size), []).append(
+                    [summary[f"vae/{kind}/best_step"], summary[f"vae/{kind}/stopped_step"]])
+            wall[f"{size}/{seed}"] = time.time() - t0
             print(f"num_train={size} seed={seed} ({time.time() - t0:.0f} s): " + ", ".join(
-                f"{k} {summary[f'vae/{k}/test_iwlb']:.1f} (best step {summary[f'vae/{k}/best_step']:.0f})"
-                for k in KINDS), file=sys.stderr, flush=True)
+                f"{k} {summary[f'vae/{k}/test_iwlb']:.1f} (best step {summary[f'vae/{k}/best_step']:.0f}, "
+                f"stopped {summary[f'vae/{k}/stopped_step']:.0f})" for k in KINDS), file=sys.stderr, flush=True)
     result = {kind: {size: interval(v) for size, v in by_size.items()} for kind, by_size in table.items()}
     diffs = {f"{a}-{b}": {str(s): paired(table[a][str(s)], table[b][str(s)]) for s in sizes} for a, b in PAIRS}
     print(f"{'model':>9} {'num_train':>9} {'test bound (nats)':>20} {'95% interval':>22}", file=sys.stderr)
@@ -137,7 +149,7 @@ def vae_table(sizes: list[int], seeds: list[int], steps: int, vae_steps: int, iw
     print(f"plot: {plot}", file=sys.stderr)
     return {"by_model": result, "paired_differences": diffs,
             "median_over_images": {k: {s: interval(v) for s, v in by.items()} for k, by in medians.items()},
-            "plot": str(plot)}
+            "best_and_stopped_step": stops, "cell_wall_s": wall, "plot": str(plot)}
 
 
 def main() -> None:
@@ -148,7 +160,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="300,600,1200", help="training-set sizes for --vae")
     parser.add_argument("--seeds", default="0,1,2", help="seeds for --vae")
     parser.add_argument("--sgm-steps", type=int, default=1000, help="steps of each SGM stage per --vae cell")
-    parser.add_argument("--vae-steps", type=int, default=3000, help="training steps of each VAE for --vae")
+    parser.add_argument("--vae-steps", type=int, default=3000,
+                        help="cap on the training steps of each VAE for --vae (early stopping on validation)")
+    parser.add_argument("--valid-every", type=int, default=250, help="steps between validation checks for --vae")
+    parser.add_argument("--patience", type=int, default=4,
+                        help="validation checks without improvement before a VAE stops (0: train all steps)")
     parser.add_argument("--iw", type=int, default=100, help="importance samples of the test bound for --vae")
     parser.add_argument("--workdir", default=None,
                         help="keep the run directories (and the --vae plot) here (default: a temp dir)")
@@ -173,11 +189,13 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
         steps, vae_steps, iw = (100, 60, 16) if args.quick else (args.sgm_steps, args.vae_steps, args.iw)
-        result["vae_table"] = vae_table(sizes, seeds, steps, vae_steps, iw, root)
-        result["vae_settings"] = {"sgm_steps_per_stage": steps, "vae_steps": vae_steps, "iw_samples": iw,
+        result["vae_table"] = vae_table(sizes, seeds, steps, vae_steps, iw, root, args.valid_every, args.patience)
+        result["vae_settings"] = {"sgm_steps_per_stage": steps, "vae_steps_cap": vae_steps, "iw_samples": iw,
+                                  "valid_every": args.valid_every, "patience": args.patience,
                                   "sizes": sizes, "seeds": seeds}
         result["vae_table_units"] = ("test importance-weighted bound on log p(x), nats per image, the same test "
-                                     "pixels and Gaussian pixel model (learned per-pixel sigma) for every row; "
+                                     "pixels and Gaussian pixel model (learned per-pixel sigma) for every row "
+                                     "except invvae (the paper's weight: a density over (prototype, eta)); "
                                      "mean over seeds, se over seeds, 95% t-interval")
     result["seconds_total"] = time.time() - t0
     result["machine"] = machine()

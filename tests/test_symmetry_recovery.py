@@ -2,8 +2,8 @@
 
 Fast (default set): the flow alone, trained by maximum likelihood on exact prototypes (canonical shapes) and the
 eta that was applied: hearts rotated U(+-60 deg), ellipses U(+-30 deg), both shifted U(+-0.15 * s_c); squares not
-transformed at all. p(eta | prototype) must match each class's distribution (Wasserstein-1 against the uniform) and
-put (almost) no spread on the squares' rotation.
+transformed at all. p(eta | prototype) must match each class's distribution (Wasserstein-1 against the uniform,
+widened by the targets' small noise) and put no learned spread on the squares' rotation, for each of 3 seeds.
 
 Also (about 70 s each on a quiet 2-core CPU): the whole two-stage SGM on experiments/symmetry_dsprites.py:known
 (hearts and ellipses only) and :unrotated. Bound: per class and eta dimension, W1(learned, known) < 0.15 x the
@@ -42,37 +42,78 @@ def test_uniform_w1_reference_values():
     assert uniform_w1(hue, 0.15) > 0.2  # without the period it looks like two far-apart modes
 
 
-def test_flow_recovers_known_per_class_distributions_from_exact_prototypes():
+FLOW_SEEDS = (0, 1, 2)
+TARGET_NOISE = 0.01  # std of the targets' Gaussian noise in the flow's unit space (q's initial sigma)
+
+
+def _train_flows_on_exact_prototypes(seeds, steps: int, batch: int = 256):
+    """One flow per seed (vmapped, one compiled scan), trained by maximum likelihood on (prototype, eta) pairs.
+
+    The targets are the known eta plus N(0, TARGET_NOISE) in the flow's unit space, as stage 2's targets are
+    samples of q(eta | x) with its noise sigma. Without it the squares' eta and every class's log-scales are
+    point masses: the likelihood is unbounded, training never converges (the gradient norm grows into the
+    thousands while the loss falls without end) and whether the heart's rotation is learned depends on the
+    rounding: seed 0 of the earlier plain-Adam recipe gave heart-rotation W1 0.017 with the suite's 8 host devices
+    and 0.77 without them on the same AMD CPU (0.577 on an Intel Xeon); seeds 1-5 gave 0.02-0.05. With the noise
+    and the trainer's gradient clipping (2.0) the loss converges (to about -12.7) on every seed.
+    """
     fam = Family("affine")
     bounds = Bounds.create(fam, (0.5, 0.5, math.pi, 0.5, 0.5))
     shapes = [D.render_shape(name, 12, 0.5, 0.5, 1.6, 0.0) for name in ("heart", "ellipse", "square")]
     protos = jnp.asarray(np.stack(shapes)[..., None] * 2 - 1)
-    flow = ConditionalFlow((12, 12, 1), bounds, hidden=(32,), num_flows=4, num_bins=8, conditioner_hidden=(32,),
-                           dropout=0.0, conditioner_dropout=0.0, rngs=nnx.Rngs(0))
-    graph, params = nnx.split(flow, nnx.Param)
-    tx = optax.adam(optax.cosine_decay_schedule(3e-3, 1000, 0.05))
-    opt = tx.init(params)
-    hw = jnp.asarray(HALF)
-    scale = jnp.asarray(CLASS_SCALE)
 
-    @jax.jit
-    def step(params, opt, key):
-        k1, k2 = jax.random.split(key)
-        cls = jax.random.randint(k1, (256,), 0, 3)
-        eta = jax.random.uniform(k2, (256, 5), minval=-1, maxval=1) * hw * scale[cls][:, None]
-        loss, grads = jax.value_and_grad(lambda p: -jnp.mean(nnx.merge(graph, p).log_prob(eta, protos[cls])))(params)
-        upd, opt = tx.update(grads, opt, params)
-        return optax.apply_updates(params, upd), opt, loss
+    def make(seed):
+        return ConditionalFlow((12, 12, 1), bounds, hidden=(32,), num_flows=4, num_bins=8, conditioner_hidden=(32,),
+                               dropout=0.0, conditioner_dropout=0.0, rngs=nnx.Rngs(seed))
 
-    for i in range(1000):
-        params, opt, loss = step(params, opt, jax.random.key(i))
-    samples = np.asarray(jax.jit(lambda p: nnx.merge(graph, p).sample(jax.random.key(7), protos, 4000))(params))
-    w1 = np.array([[uniform_w1(samples[:, c, d], HALF[d] * s) for d in range(5)] for c, s in enumerate(CLASS_SCALE)])
-    print("W1 per class (heart, ellipse, square) x eta dim:", np.round(w1, 4).tolist())
-    bound = 0.1 * np.outer(CLASS_SCALE, HALF) + 0.01  # 10% of each range's half-width, +0.01 for point masses
-    assert np.all(w1 < bound), f"W1 per class x eta dim:\n{np.round(w1, 4)}\nbounds:\n{np.round(bound, 4)}"
-    rot_square = np.degrees(samples[:, 2, ROT].std())
-    assert rot_square < 0.5, rot_square  # the square is never rotated: the flow learns (almost) no rotation
+    graph, _ = nnx.split(make(0), nnx.Param)
+    params = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.split(make(s), nnx.Param)[1] for s in seeds])
+    tx = optax.chain(optax.clip_by_global_norm(2.0), optax.adam(optax.cosine_decay_schedule(3e-3, steps, 0.05)))
+    hw, scale = jnp.asarray(HALF), jnp.asarray(CLASS_SCALE)
+    noise = TARGET_NOISE * jnp.asarray(bounds.scale)
+
+    def train_one(params, key):
+        def body(carry, i):
+            params, opt = carry
+            k1, k2, k3 = jax.random.split(jax.random.fold_in(key, i), 3)
+            cls = jax.random.randint(k1, (batch,), 0, 3)
+            eta = jax.random.uniform(k2, (batch, 5), minval=-1, maxval=1) * hw * scale[cls][:, None]
+            eta = eta + noise * jax.random.normal(k3, eta.shape)
+            grads = jax.grad(lambda p: -jnp.mean(nnx.merge(graph, p).log_prob(eta, protos[cls])))(params)
+            upd, opt = tx.update(grads, opt, params)
+            return (optax.apply_updates(params, upd), opt), None
+
+        (params, _), _ = jax.lax.scan(body, (params, tx.init(params)), jnp.arange(steps))
+        return nnx.merge(graph, params).sample(jax.random.fold_in(key, steps), protos, 4000)
+
+    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    samples = jax.jit(jax.vmap(lambda p, k: train_one(p, jax.random.wrap_key_data(k))))(params, keys)
+    return np.asarray(samples), np.asarray(bounds.scale) * TARGET_NOISE
+
+
+def _w1_to_reference(samples: np.ndarray, half_width: float, noise: float, rng: np.random.Generator) -> float:
+    """W1 between median-centred samples and as many draws of U(-a, a) + N(0, noise^2) (sorted-sample coupling)."""
+    ref = rng.uniform(-half_width, half_width, len(samples)) + noise * rng.normal(size=len(samples))
+    return float(np.mean(np.abs(np.sort(samples - np.median(samples)) - np.sort(ref - np.median(ref)))))
+
+
+def test_flow_recovers_known_per_class_distributions_from_exact_prototypes():
+    """Every one of 3 seeds (600 steps each, one vmapped program) matches each class's known distribution.
+
+    Bound per class and eta dimension: 10% of the half-width + 0.01. Measured (AMD EPYC, seeds 0/1/2): largest
+    W1 / bound 0.44 / 0.29 / 0.46, heart rotation W1 0.051 / 0.027 / 0.039 rad (bound 0.115); 1000-step runs of
+    seeds 0-3: heart rotation 0.019-0.032.
+    """
+    samples, noise = _train_flows_on_exact_prototypes(FLOW_SEEDS, steps=600)
+    rng = np.random.default_rng(0)
+    bound = 0.1 * np.outer(CLASS_SCALE, HALF) + 0.01
+    for seed, s in zip(FLOW_SEEDS, samples):
+        w1 = np.array([[_w1_to_reference(s[:, c, d], HALF[d] * k, noise[d], rng) for d in range(5)]
+                       for c, k in enumerate(CLASS_SCALE)])
+        print(f"seed {seed}: W1 per class (heart, ellipse, square) x eta dim:", np.round(w1, 4).tolist())
+        assert np.all(w1 < bound), f"seed {seed}, W1:\n{np.round(w1, 4)}\nbounds:\n{np.round(bound, 4)}"
+        # the square is never rotated: its rotation spread is the targets' noise alone, not a learned range
+        assert s[:, 2, ROT].std() < 1.5 * noise[ROT], (seed, np.degrees(s[:, 2, ROT].std()))
 
 
 def _run(variant, tmp_path, overrides=()):

@@ -131,6 +131,26 @@ def test_known_eta_respects_class_ranges_and_data_shapes():
     assert np.abs(heart - heart[::-1]).max() > 0.5
 
 
+@pytest.mark.parametrize("spec", ["experiments/symmetry_digits.py:tiny", "experiments/symmetry_dsprites.py:tiny"])
+def test_test_split_is_the_same_for_every_seed_and_training_size(spec):
+    """Bounds at different training-set sizes and seeds must score the same test pixels; a larger training set
+    contains the smaller one and keeps the same validation images."""
+    config = load_config(spec)
+    family = Family(config.transform.family)
+    base = D.load(config.data, family, 0)
+    other_seed = D.load(config.data, family, 1)
+    config.data.num_train = len(base["train"]) // 2
+    smaller = D.load(config.data, family, 0)
+    np.testing.assert_array_equal(base["test"].images, other_seed["test"].images)
+    np.testing.assert_array_equal(base["test"].images, smaller["test"].images)
+    np.testing.assert_array_equal(base["valid"].images, smaller["valid"].images)
+    np.testing.assert_array_equal(base["train"].images[: config.data.num_train], smaller["train"].images)
+    assert not np.array_equal(base["train"].images, other_seed["train"].images)
+    if config.data.name == "digits":  # drawn from one pool: no test image is also a training/validation image
+        test = {im.tobytes() for im in base["test"].images}
+        assert not test & {im.tobytes() for s in ("train", "valid") for im in base[s].images}
+
+
 def test_flow_loss_does_not_train_the_inference_net():
     fam = Family("affine")
     bounds = Bounds.create(fam, (0.2, 0.2, 1.0, 0.2, 0.2))

@@ -181,3 +181,30 @@ def test_unknown_kind_and_missing_sgm_are_clear_errors():
         V.log_weights("gan", vae, None, x, jax.random.key(0), 2)
     with pytest.raises(ValueError, match="needs the trained SGM"):
         V.log_weights("protovae", vae, None, x, jax.random.key(0), 2)
+
+
+def test_early_stopping_keeps_the_best_and_stops_after_patience_checks():
+    stopper = V.EarlyStopping(patience=3)
+    values = [1.0, 3.0, 2.0, 2.5, 3.0, 0.0]  # 3.0 again is not an improvement
+    stops = [stopper.update(v, 10 * (i + 1), f"params{i}") for i, v in enumerate(values)]
+    assert stops == [False, False, False, False, True, True]
+    assert (stopper.best, stopper.best_step, stopper.best_params) == (3.0, 20, "params1")
+    never = V.EarlyStopping(patience=0)
+    assert not any(never.update(-float(i), i, None) for i in range(50)) and never.best == 0.0
+
+
+def test_invvae_weight_equals_the_prototype_weight_when_the_warp_permutes_pixels():
+    """The paper's InvVAE weight puts the Gaussian on T^-1(x) and conditions p(eta | x_hat) on the inferred
+    prototype. With a 90-degree rotation (a pixel permutation), one sigma for all pixels and a flow that ignores
+    its conditioning (zero-initialised conditioners and base heads), N(T^-1 x; mu, sigma) = N(x; T(mu), sigma),
+    so it must equal the prototype-VAE's pixel-space weight drawn with the same random numbers."""
+    vae = tiny_vae()
+    quarter = np.array([0, 0, math.pi / 2, 0, 0], np.float32)
+    sgm = fixed_eta_sgm(quarter, 1.05e-4)
+    x = jnp.asarray(model_samples(vae, 6, seed=7, eta0=quarter))
+    key = jax.random.key(5)
+    ours = V.log_weights("protovae", vae, sgm, x, key, 3)
+    theirs = V.log_weights("invvae", vae, sgm, x, key, 3)
+    np.testing.assert_allclose(np.asarray(theirs), np.asarray(ours), rtol=1e-5, atol=0.02)
+    values = V.score_images("invvae", vae, sgm, np.asarray(x), 4, seed=0, chunk=4)
+    assert values.shape == (6,) and np.all(np.isfinite(values))

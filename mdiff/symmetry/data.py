@@ -12,6 +12,11 @@ Each set can be transformed once per example by a KNOWN eta distribution (fixed,
 the paper's "added rotation"): eta_i ~ U(-half_width * s_c, half_width * s_c) independently per dimension, where
 ``s_c`` is the class's entry of ``class_scale`` (cycled over classes). The applied eta is returned as
 ``eta_true`` so tests can compare what the SGM learns with what was put in.
+
+Splits (`load`): the test images are the same for every seed and every training-set size (like MNIST's fixed
+test split), so bounds measured at different sizes and seeds score the same pixels; the validation images
+depend on the seed but not on `num_train`; the training images are the first `num_train` of a seed's stream,
+so a larger training set contains the smaller one.
 """
 
 from __future__ import annotations
@@ -94,38 +99,43 @@ def render_shape(shape: str, size: int, x: float, y: float, scale: float, angle:
     return mask.reshape(size, ss, size, ss).mean(axis=(1, 3))
 
 
-def _truncnorm(rng: np.random.Generator, mean: float, std: float, lo: float, hi: float, n: int) -> np.ndarray:
-    out = rng.normal(mean, std, n)
-    bad = (out < lo) | (out > hi)
-    while bad.any():
-        out[bad] = rng.normal(mean, std, bad.sum())
-        bad = (out < lo) | (out > hi)
-    return out
+def _truncnorm(u: np.ndarray, mean: float, std: float, lo: float, hi: float) -> np.ndarray:
+    """TruncNorm(mean, std, [lo, hi]) by the inverse CDF of uniforms u in [0, 1)."""
+    from scipy.stats import truncnorm
+
+    return truncnorm.ppf(u, (lo - mean) / std, (hi - mean) / std, loc=mean, scale=std)
 
 
 def paper_latents(shape: str, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    """Per-shape latent distributions of the SGM paper's dSprites (orientation, scale, x, y)."""
-    u = rng.uniform
+    """Per-shape latent distributions of the SGM paper's dSprites (orientation, scale, x, y).
+
+    Every value is a transform of one row of an [n, 5] uniform draw, so the first k of n examples equal k draws.
+    """
+    u = rng.uniform(size=(n, 5)).T
+
+    def lin(col, lo, hi):
+        return lo + (hi - lo) * u[col]
+
     if shape == "square":
-        return dict(angle=u(0, 2 * np.pi, n), scale=_truncnorm(rng, 0.75, 0.2, 0.55, 1.0, n),
-                    x=u(0.5, 0.95, n), y=u(0.5, 0.95, n))
+        return dict(angle=lin(0, 0, 2 * np.pi), scale=_truncnorm(u[1], 0.75, 0.2, 0.55, 1.0),
+                    x=lin(2, 0.5, 0.95), y=lin(3, 0.5, 0.95))
     if shape == "ellipse":
-        return dict(angle=u(0, np.pi / 2, n), scale=_truncnorm(rng, 0.65, 0.15, 0.5, 0.85, n),
-                    x=_truncnorm(rng, 0.5, 0.25, 0.1, 0.9, n), y=_truncnorm(rng, 0.5, 0.15, 0.35, 0.65, n))
-    top = rng.random(n) < 0.5
-    return dict(angle=np.zeros(n), scale=u(0.9, 1.0, n), x=u(0.1, 0.5, n),
-                y=np.where(top, u(0.1, 0.3, n), u(0.7, 0.9, n)))
+        return dict(angle=lin(0, 0, np.pi / 2), scale=_truncnorm(u[1], 0.65, 0.15, 0.5, 0.85),
+                    x=_truncnorm(u[2], 0.5, 0.25, 0.1, 0.9), y=_truncnorm(u[3], 0.5, 0.15, 0.35, 0.65))
+    top = u[4] < 0.5
+    return dict(angle=np.zeros(n), scale=lin(1, 0.9, 1.0), x=lin(2, 0.1, 0.5),
+                y=np.where(top, lin(3, 0.1, 0.3), lin(3, 0.7, 0.9)))
 
 
-def load_dsprites(n: int, image_size: int, shapes: tuple[str, ...], render: str, seed: int):
-    rng = np.random.default_rng([seed, 17])
-    labels = rng.integers(0, len(shapes), n).astype(np.int32)
+def load_dsprites(n: int, image_size: int, shapes: tuple[str, ...], render: str, seed: int | list[int]):
+    stream = [*np.atleast_1d(seed).tolist(), 17]
+    labels = np.random.default_rng(stream).integers(0, len(shapes), n).astype(np.int32)
     lat = {k: np.zeros(n) for k in ("angle", "scale", "x", "y")}
     for c, shape in enumerate(shapes):
         idx = np.flatnonzero(labels == c)
-        if render == "paper":
-            for k, v in paper_latents(shape, rng, len(idx)).items():
-                lat[k][idx] = v
+        if render == "paper":  # every example's latents drawn from its shape's own stream: prefix-stable in n
+            for k, v in paper_latents(shape, np.random.default_rng([*stream, c + 1]), n).items():
+                lat[k][idx] = v[idx]
         else:
             lat["angle"][idx], lat["scale"][idx], lat["x"][idx], lat["y"][idx] = 0.0, 1.0, 0.5, 0.5
     images = np.stack([
@@ -173,23 +183,23 @@ def render_emoji(count: int, image_size: int) -> np.ndarray:
     return np.stack(out) * 2 - 1
 
 
-def load_emoji(n: int, image_size: int, num_classes: int, seed: int):
+def load_emoji(n: int, image_size: int, num_classes: int, seed: int | list[int]):
     base = render_emoji(num_classes, image_size)
-    labels = np.random.default_rng([seed, 29]).integers(0, num_classes, n).astype(np.int32)
+    labels = np.random.default_rng([*np.atleast_1d(seed).tolist(), 29]).integers(0, num_classes, n).astype(np.int32)
     return base[labels], labels
 
 
 # ---------------------------------------------------------------------------------------------
 # Known transforms and splits
 # ---------------------------------------------------------------------------------------------
-def known_eta(labels: np.ndarray, half_width, class_scale, seed: int, dim: int) -> np.ndarray:
+def known_eta(labels: np.ndarray, half_width, class_scale, seed: int | list[int], dim: int) -> np.ndarray:
     """eta_i ~ U(-hw * s_c, hw * s_c) per dimension; zeros when half_width is empty."""
     if not half_width:
         return np.zeros((len(labels), dim), np.float32)
     hw = np.asarray(half_width, np.float32)
     scales = np.asarray(class_scale or (1.0,), np.float32)
     s = scales[labels % len(scales)][:, None]
-    rng = np.random.default_rng([seed, 41])
+    rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 41])
     return (rng.uniform(-1, 1, (len(labels), dim)) * hw * s).astype(np.float32)
 
 
@@ -202,28 +212,53 @@ def apply_known(images: np.ndarray, eta: np.ndarray, family: Family, chunk: int 
                            for i in range(0, len(images), chunk)])
 
 
-def load(data_cfg, family: Family, seed: int) -> dict[str, ImageSet]:
-    """Build the train / valid / test splits described by `config.data`."""
-    total = data_cfg.num_train + data_cfg.num_valid + data_cfg.num_test
+TEST_SEED = 0  # the test split is drawn with this seed whatever the run's seed
+SPLITS = ("test", "valid", "train")
+
+
+def _split_sizes(data_cfg) -> dict[str, int]:
+    return {"test": data_cfg.num_test, "valid": data_cfg.num_valid, "train": data_cfg.num_train}
+
+
+def _digits_indices(data_cfg, seed: int, n_all: int) -> dict[str, np.ndarray]:
+    """Test: a fixed slice of a fixed permutation; valid then train: a seed's permutation of the rest."""
+    sizes = _split_sizes(data_cfg)
+    if sum(sizes.values()) > n_all:
+        raise ValueError(
+            f"config.data num_train + num_valid + num_test = {sum(sizes.values())}: digits has only {n_all} images"
+        )
+    fixed = np.random.default_rng([TEST_SEED, 3]).permutation(n_all)
+    test, rest = fixed[: sizes["test"]], fixed[sizes["test"] :]
+    rest = rest[np.random.default_rng([seed, 3]).permutation(len(rest))]
+    return {"test": test, "valid": rest[: sizes["valid"]],
+            "train": rest[sizes["valid"] : sizes["valid"] + sizes["train"]]}
+
+
+def _load_split(data_cfg, family: Family, split: str, seed: int, digits=None) -> ImageSet:
+    """One split, from its own random stream ([seed, split index]), so it does not move with the others' sizes."""
+    n = _split_sizes(data_cfg)[split]
+    stream = [TEST_SEED if split == "test" else seed, SPLITS.index(split)]
     latents: dict = {}
     if data_cfg.name == "digits":
-        images, labels = load_digits(data_cfg.image_size)
-        if total > len(images):
-            raise ValueError(
-                f"config.data num_train + num_valid + num_test = {total}: digits has only {len(images)} images"
-            )
-        order = np.random.default_rng([seed, 3]).permutation(len(images))[:total]
-        images, labels = images[order], labels[order]
+        images, labels = digits
     elif data_cfg.name == "dsprites":
-        images, labels, latents = load_dsprites(total, data_cfg.image_size, tuple(data_cfg.shapes),
-                                                data_cfg.render, seed)
+        images, labels, latents = load_dsprites(n, data_cfg.image_size, tuple(data_cfg.shapes), data_cfg.render,
+                                                stream)
     elif data_cfg.name == "emoji":
-        images, labels = load_emoji(total, data_cfg.image_size, data_cfg.num_classes, seed)
+        images, labels = load_emoji(n, data_cfg.image_size, data_cfg.num_classes, stream)
     else:
         raise ValueError(f"config.data.name={data_cfg.name!r}: known are {DATASETS}")
-    eta = known_eta(labels, tuple(data_cfg.known_half_width), tuple(data_cfg.known_class_scale), seed, family.dim)
+    eta = known_eta(labels, tuple(data_cfg.known_half_width), tuple(data_cfg.known_class_scale), stream, family.dim)
     images = apply_known(images.astype(np.float32), eta, family)
-    full = ImageSet(images.astype(np.float32), labels, eta, {k: np.asarray(v) for k, v in latents.items()})
-    a, b = data_cfg.num_train, data_cfg.num_train + data_cfg.num_valid
-    return {"train": full.take(np.arange(a)), "valid": full.take(np.arange(a, b)),
-            "test": full.take(np.arange(b, total))}
+    return ImageSet(images.astype(np.float32), labels, eta, {k: np.asarray(v) for k, v in latents.items()})
+
+
+def load(data_cfg, family: Family, seed: int) -> dict[str, ImageSet]:
+    """Build the train / valid / test splits described by `config.data` (see the module docstring)."""
+    if data_cfg.name not in DATASETS:
+        raise ValueError(f"config.data.name={data_cfg.name!r}: known are {DATASETS}")
+    digits = {}
+    if data_cfg.name == "digits":
+        images, labels = load_digits(data_cfg.image_size)
+        digits = {split: (images[idx], labels[idx]) for split, idx in _digits_indices(data_cfg, seed, len(images)).items()}
+    return {split: _load_split(data_cfg, family, split, seed, digits.get(split)) for split in ("train", "valid", "test")}

@@ -28,7 +28,7 @@ from mdiff.symmetry.data import DATASETS, SHAPES
 from mdiff.symmetry.nets import ARCHS
 from mdiff.symmetry.transforms import FAMILIES, ORDERS, Family
 
-VAE_MODELS = ("vae", "augvae", "protovae")
+VAE_MODELS = ("vae", "augvae", "protovae", "invvae")  # = mdiff.symmetry.vae.MODELS (vae.py imports JAX models)
 
 
 def symmetry_config() -> ml_collections.ConfigDict:
@@ -99,10 +99,12 @@ def symmetry_config() -> ml_collections.ConfigDict:
         bounds_mult=1.0,  # augmentation range multiplier for the noisy prototypes
     ))
     c.vae = ml_collections.ConfigDict(dict(
-        models=(),  # subset of ("vae", "augvae", "protovae") trained after the SGM; () = none
+        models=(),  # subset of VAE_MODELS trained after the SGM; () = none (invvae: the paper's weight)
         latent=20,
         hidden=(512, 256),
-        steps=5_000,
+        steps=5_000,  # cap: training stops earlier once the validation ELBO stops improving
+        valid_every=250,  # steps between validation-ELBO checks (early stopping, checkpoint selection)
+        patience=4,  # checks without improvement before stopping; 0 = train all steps, keep the best
         batch=128,
         lr=3e-3,
         init_mult=0.03,
@@ -215,8 +217,10 @@ def validate_vae(config: ConfigDict) -> None:
     bad = [m for m in v.models if m not in VAE_MODELS]
     if bad:
         fail("vae.models", v.models, f"a subset of {VAE_MODELS}")
-    for key in ("latent", "steps", "batch", "iw_samples"):
+    for key in ("latent", "steps", "batch", "iw_samples", "valid_every"):
         _positive(f"vae.{key}", v[key])
+    if not isinstance(v.patience, int) or v.patience < 0:
+        fail("vae.patience", v.patience, "must be an integer >= 0 (0 = no early stopping)")
 
 
 @register_validator("train", kind="symmetry")

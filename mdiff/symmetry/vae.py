@@ -41,10 +41,20 @@ Choices for the prototype-VAE (where the paper's construction is ambiguous or no
    ELBO of prototype pixels as in the paper: with the noise in the observed frame, fitting sigma on prototypes
    would fit it in the wrong frame. Gradients reach the decoder through the warp and through p(eta | mu(z)).
 
-Checkpoint selection (all rows alike): the ELBO on the validation images (untransformed x, the quantity the test
-bound measures) is computed at `N_CHECKS` evenly spaced steps and the parameters with the best value are kept.
-On a few hundred images these MLPs overfit well before the end of training, and the paper also selects by
-validation ELBO (over its sweep grid).
+The paper's own InvVAE weight is available as a fourth model, ``invvae`` (not one of the pixel-space rows):
+
+      log w = log p(eta | x_hat) + log N(x_hat; mu(z), sigma^2) + log p(z) - log q(eta | x) - log q(z | x_hat),
+      x_hat = T_eta^-1 (x),
+
+trained on its K = 1 version (the VAE's ELBO on inferred prototypes; the eta terms carry no VAE parameter) and
+scored with the same K. It bounds a density over (prototype, eta), not log p(x) of the test pixels (choice 1
+above), so it is reported beside the pixel-space rows, never compared with them as if it were one of them.
+
+Early stopping and checkpoint selection (all models alike): every `vae.valid_every` steps the ELBO on the
+validation images (untransformed x, the quantity the test bound measures; for invvae its own weight) is
+computed; the parameters with the best value are kept, and training stops once `vae.patience` checks in a row
+did not improve on it (patience 0: run all `vae.steps`, still keeping the best). `vae.steps` is then a cap, and
+the learning-rate schedule decays over the cap. The paper also selects by validation ELBO (over its grid).
 
 Prior N(mu, sigma) with learnable mu (init 0) and sigma (init 1); encoder heads zero-initialised so
 q(z | x) = N(0, 1) at the start. The networks are MLPs (the paper uses small conv nets) so the comparison runs
@@ -68,8 +78,8 @@ from mdiff.symmetry.nets import MLP, inv_softplus
 from mdiff.symmetry.transforms import Family, compose, inverse
 
 LOG_2PI = math.log(2 * math.pi)
-KINDS = ("vae", "augvae", "protovae")
-N_CHECKS = 20  # validation checks per VAE training run (checkpoint selection)
+KINDS = ("vae", "augvae", "protovae")  # the rows that bound log p(x) of the same test pixels
+MODELS = (*KINDS, "invvae")  # plus the paper's InvVAE weight (a bound on a density over (prototype, eta))
 VALID_DRAWS = 4  # z (and eta) draws per validation image for the validation ELBO
 
 
@@ -180,14 +190,28 @@ def prototype_log_weights(vae: VAE, sgm: SGMParts, x: jax.Array, key: jax.Array,
     return jax.lax.map(one, jax.random.split(key, k))
 
 
+def invvae_log_weights(vae: VAE, sgm: SGMParts, x: jax.Array, key: jax.Array, k: int) -> jax.Array:
+    """[k, B] log weights of the paper's InvVAE (Gaussian on the inferred prototype's pixels, no Jacobian)."""
+
+    def one(key_s):
+        k1, k2 = jax.random.split(key_s)
+        eta, log_q_eta = sgm.inf.sample_with_log_prob(k1, x)
+        x_hat = sgm.family.apply(x, inverse(sgm.family.transform(eta)), order=sgm.order)
+        z, log_q_z = vae.sample_posterior(x_hat, k2, 1)
+        log_lik = pixel_log_lik(x_hat, vae.decode(z[0]), vae.pixel_sigma())
+        return vae.log_prior(z[0]) + sgm.flow.log_prob(eta, x_hat) + log_lik - log_q_eta - log_q_z[0]
+
+    return jax.lax.map(one, jax.random.split(key, k))
+
+
 def log_weights(kind: str, vae: VAE, sgm: SGMParts | None, x: jax.Array, key: jax.Array, k: int) -> jax.Array:
     """[k, B] log importance weights of the model of `kind` for the images x (the same x for every kind)."""
-    if kind not in KINDS:
-        raise ValueError(f"VAE kind {kind!r}: known are {KINDS}")
-    if kind == "protovae":
+    if kind not in MODELS:
+        raise ValueError(f"VAE kind {kind!r}: known are {MODELS}")
+    if kind in ("protovae", "invvae"):
         if sgm is None:
-            raise ValueError("the prototype-VAE needs the trained SGM (q(eta | x) and p(eta | x_hat))")
-        return prototype_log_weights(vae, sgm, x, key, k)
+            raise ValueError(f"the {kind} needs the trained SGM (q(eta | x) and p(eta | x_hat))")
+        return (prototype_log_weights if kind == "protovae" else invvae_log_weights)(vae, sgm, x, key, k)
     return vae.log_weights(x, key, k)  # VAE and AugVAE: the same plain-VAE density of x
 
 
@@ -207,20 +231,40 @@ def training_images(kind: str, sgm: SGMParts, x: jax.Array, key: jax.Array) -> j
 def _training_loss(kind: str, vae: VAE, sgm: SGMParts, x: jax.Array, key: jax.Array) -> jax.Array:
     """Negative ELBO (K = 1) of the batch under the objective of `kind`."""
     k1, k2 = jax.random.split(key)
-    if kind == "protovae":
-        return -jnp.mean(prototype_log_weights(vae, sgm, x, k2, 1))
+    if kind in ("protovae", "invvae"):
+        return -jnp.mean(log_weights(kind, vae, sgm, x, k2, 1))
     xt = jax.lax.stop_gradient(training_images(kind, sgm, x, k1))
     return -jnp.mean(vae.log_weights(xt, k2, 1))
 
 
+@dataclasses.dataclass
+class EarlyStopping:
+    """Keeps the best (highest) validation value and its parameters; says stop after `patience` checks in a row
+    without a strict improvement (patience 0: never)."""
+
+    patience: int
+    best: float = -math.inf
+    best_step: int = 0
+    best_params: Any = None
+    since_best: int = 0
+
+    def update(self, value: float, step: int, params: Any) -> bool:
+        if value > self.best:
+            self.best, self.best_step, self.best_params, self.since_best = value, step, params, 0
+        else:
+            self.since_best += 1
+        return bool(self.patience) and self.since_best >= self.patience
+
+
 def train_vae(kind: str, config, sgm: SGMParts, train_images: np.ndarray, valid_images: np.ndarray | None,
               seed: int, log: Callable[[str], None] = lambda m: None) -> tuple[VAE, dict[str, float]]:
-    """Train one VAE of `kind`; keep the parameters with the best validation ELBO (see the module docstring).
+    """Train one VAE of `kind` with early stopping on the validation ELBO (see the module docstring).
 
-    Returns the VAE and {"best_step", "valid_elbo"} (valid_elbo is NaN when no validation images were given).
+    Returns the VAE with the best validation ELBO and {"best_step", "stopped_step", "valid_elbo"} (without
+    validation images: the last parameters, valid_elbo NaN).
     """
-    if kind not in KINDS:
-        raise ValueError(f"VAE kind {kind!r}: known are {KINDS}")
+    if kind not in MODELS:
+        raise ValueError(f"VAE kind {kind!r}: known are {MODELS}")
     v = config.vae
     vae = VAE(train_images.shape[1:], v.latent, tuple(v.hidden), rngs=nnx.Rngs(seed))
     graph, params = nnx.split(vae, nnx.Param)
@@ -245,23 +289,27 @@ def train_vae(kind: str, config, sgm: SGMParts, train_images: np.ndarray, valid_
     def validate(params) -> float:  # all validation images in one batch: one compiled shape
         return float(valid_elbo(params, sgm_arrays, jnp.asarray(valid_images), jax.random.key(seed + 7)))
 
-    checks = {int(round(v.steps * (j + 1) / N_CHECKS)) for j in range(N_CHECKS)}
-    best = (-math.inf, v.steps, params)
+    has_valid = valid_images is not None and len(valid_images) > 0
+    stopper = EarlyStopping(v.patience)
     root = jax.random.key(seed)
+    stopped = v.steps
     for i in range(v.steps):
         idx = np.random.default_rng([seed, i, 11]).choice(len(train_images), v.batch,
                                                           replace=len(train_images) < v.batch)
         params, opt, _ = step(params, opt, sgm_arrays, jnp.asarray(train_images[idx]), jax.random.fold_in(root, i))
-        if i + 1 in checks and valid_images is not None and len(valid_images):
+        if has_valid and ((i + 1) % v.valid_every == 0 or i + 1 == v.steps):
             elbo = validate(params)
             if not math.isfinite(elbo):
                 raise FloatingPointError(f"{kind}: validation ELBO {elbo} at step {i + 1}")
-            if elbo > best[0]:
-                best = (elbo, i + 1, params)
-    if valid_images is None or len(valid_images) == 0:
-        return nnx.merge(graph, params), {"best_step": float(v.steps), "valid_elbo": float("nan")}
-    log(f"{kind}: best validation ELBO {best[0]:.1f} at step {best[1]}/{v.steps}")
-    return nnx.merge(graph, best[2]), {"best_step": float(best[1]), "valid_elbo": best[0]}
+            if stopper.update(elbo, i + 1, params):
+                stopped = i + 1
+                break
+    if not has_valid:
+        return nnx.merge(graph, params), {"best_step": float(v.steps), "stopped_step": float(v.steps),
+                                          "valid_elbo": float("nan")}
+    log(f"{kind}: best validation ELBO {stopper.best:.1f} at step {stopper.best_step} (stopped at {stopped}/{v.steps})")
+    return nnx.merge(graph, stopper.best_params), {"best_step": float(stopper.best_step),
+                                                   "stopped_step": float(stopped), "valid_elbo": stopper.best}
 
 
 def score_images(kind: str, vae: VAE, sgm: SGMParts | None, images: np.ndarray, k: int, seed: int,
@@ -287,7 +335,7 @@ def run_vaes(config, trainer, splits: dict, log=print) -> dict[str, Any]:
     """Train and evaluate every VAE of `config.vae.models` on the same test images.
 
     Metrics per kind: `vae/<kind>/test_iwlb` (mean over test images), `_se` (its standard error over images),
-    `_median`, `valid_elbo` and `best_step` (checkpoint selection).
+    `_median`, `valid_elbo`, `best_step` (checkpoint selection) and `stopped_step` (early stopping).
     """
     out: dict[str, Any] = {}
     test = splits["test"].images
@@ -301,6 +349,7 @@ def run_vaes(config, trainer, splits: dict, log=print) -> dict[str, Any]:
         out[f"vae/{kind}/test_iwlb_median"] = float(np.median(values))
         out[f"vae/{kind}/valid_elbo"] = info["valid_elbo"]
         out[f"vae/{kind}/best_step"] = info["best_step"]
+        out[f"vae/{kind}/stopped_step"] = info["stopped_step"]
         log(f"{kind}: test bound {out[f'vae/{kind}/test_iwlb']:.1f} +- {out[f'vae/{kind}/test_iwlb_se']:.1f} nats "
             f"(median {out[f'vae/{kind}/test_iwlb_median']:.1f})")
     return out
