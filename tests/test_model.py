@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mdiff.data.layout import LayoutError
+from mdiff.data.layout import LayoutError, check_batch
 from mdiff.vocab import Modality, UnifiedVocab, VocabError
-from mdiff.model import build_model, check_mask_id, check_model_inputs
+from mdiff.model import build_model, check_mask_id
 from mdiff.model.ops import swiglu
 from mdiff.model.transformer import NEG_INF
 
@@ -126,6 +126,12 @@ def test_gelu_variant_runs():
     m = build_model(dict(CFG, mlp_type="gelu"), VOCAB, 32, rngs=nnx.Rngs(0))
     assert m.blocks.layers[0]["mlp_in"][...].shape == (32, 1, 64)
     assert np.all(np.isfinite(np.asarray(apply(m, make_batch()))[..., 20]))
+
+
+def check_model_inputs(batch, vocab, max_len):
+    """What a caller checks on the host before compiling: the MASK id, then the batch contract."""
+    check_mask_id(vocab)
+    check_batch({k: np.asarray(v) for k, v in batch.items()}, vocab, seq_len=max_len)
 
 
 def test_bad_inputs_fail_before_compiling(model):

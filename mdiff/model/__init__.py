@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from flax import nnx
 
 from mdiff.vocab import MODALITIES, UnifiedVocab
@@ -43,14 +42,6 @@ def build_model(model_cfg: Any, vocab: UnifiedVocab, max_len: int, *, rngs: nnx.
     return Transformer(resolve_shape(model_cfg), vocab, max_len, model_options(model_cfg, **overrides), rngs=rngs)
 
 
-def check_model_inputs(batch: dict, vocab: UnifiedVocab, max_len: int) -> None:
-    """Host-side checks before anything compiles: batch contract, id range, length, MASK id placement."""
-    from mdiff.data.layout import check_batch
-
-    check_mask_id(vocab)
-    check_batch({k: np.asarray(v) for k, v in batch.items()}, vocab, seq_len=max_len)
-
-
 def check_mask_id(vocab: UnifiedVocab) -> None:
     """The MASK id must not collide with any modality's ids (the loss and head rely on it)."""
     for name in MODALITIES:
@@ -59,4 +50,4 @@ def check_mask_id(vocab: UnifiedVocab) -> None:
             raise ValueError(f"vocab mask id {vocab.mask_id} lies inside the {name} range [{lo}, {hi})")
 
 
-__all__ = ["build_model", "check_model_inputs", "check_mask_id", "model_options", "Transformer", "ModelOptions"]
+__all__ = ["build_model", "check_mask_id", "model_options", "Transformer", "ModelOptions"]
