@@ -48,3 +48,29 @@ def matmul_peak(n: int = 2048, calls: int = 20) -> float:
         jax.block_until_ready(dot(a, b))
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times)
+
+
+def real_train_step(model: dict, vocab, seq: int, batch: int, devices: list | None = None):
+    """The training step `mdiff train` runs, built from a config: `(compile, state, put)`.
+
+    The config is the defaults (schedules, AdamW with clipping, micro-batches) with this model, sequence
+    length and batch, at its own base point (kappa = 1). `compile()` lowers and compiles the step
+    (state, batch) -> (state, summed metrics) on a mesh over `devices` (default: all); `state` is the
+    initialised train state there; `put(host_batch)` places a batch as the step expects it. The loss of a
+    step is metrics["nelbo_sum"] / metrics["count"].
+    """
+    import pathlib
+    import tempfile
+
+    import jax
+
+    from mdiff.defaults import base_config
+    from mdiff.train import aot, loop
+
+    config = base_config()
+    config.model.update(model)
+    config.data.seq_len, config.train.batch, config.train.eval_batch = seq, batch, batch
+    config.train.tokens = config.optim.tokens_base = 1000 * seq * batch
+    config.optim.batch_base = batch
+    run = loop.setup(config, pathlib.Path(tempfile.gettempdir()), vocab, devices)
+    return (lambda: aot.compile_train_step(run)), loop.init_state(run), (lambda b: jax.device_put(b, run.batch_sharding))

@@ -30,15 +30,10 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
 
-from bench_common import machine  # noqa: E402
+from bench_common import machine, real_train_step  # noqa: E402
 from mdiff.vocab import Modality, UnifiedVocab  # noqa: E402
-from mdiff.model import build_model  # noqa: E402
-from mdiff.model.aot import bare_train_step  # noqa: E402
 from mdiff.model.scaling import flops_per_token, resolve_shape  # noqa: E402
 from mdiff.model.transformer import DTYPES, fused_attention_implementation  # noqa: E402
 from mdiff.train.mfu import peak_flops_per_device  # noqa: E402
@@ -66,16 +61,11 @@ def text_batch(vocab: UnifiedVocab, batch: int, seq: int, seed: int = 0) -> dict
 
 
 def first_loss(model_cfg: dict, vocab: UnifiedVocab, batch: dict, device: jax.Device) -> float:
-    """Loss of one MDM training step (init seed 0, step key 1) computed on `device`."""
-    with jax.default_device(device):
-        seq = batch["tokens"].shape[1]
-        model = build_model(model_cfg, vocab, seq, rngs=nnx.Rngs(0))
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        tx = optax.adamw(3e-4)
-        step = jax.jit(bare_train_step(graphdef, rest, tx, vocab))
-        on_device = {k: jax.device_put(v, device) for k, v in batch.items()}
-        _, _, loss = step(params, tx.init(params), on_device, jax.random.key(1))
-        return float(loss)
+    """Loss of the first training step (the real step, config seed 0) computed on `device`."""
+    rows, seq = batch["tokens"].shape
+    compile_step, state, put = real_train_step(model_cfg, vocab, seq, rows, devices=[device])
+    _, metrics = compile_step()(state, put(batch))
+    return float(metrics["nelbo_sum"] / metrics["count"])
 
 
 def correctness(args) -> dict:
@@ -101,24 +91,20 @@ def large_mfu(args) -> dict:
     vocab = vocab_of_size(args.large_vocab)
     cfg = dict(size=args.large_preset, dtype="bfloat16", remat=args.remat)
     device = jax.devices()[0]
-    model = build_model(cfg, vocab, args.large_seq, rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    del model
-    tx = optax.adamw(3e-4, b2=0.95, weight_decay=0.1)
-    step = jax.jit(bare_train_step(graphdef, rest, tx, vocab), donate_argnums=(0, 1))
-    batches = [{k: jnp.asarray(v) for k, v in text_batch(vocab, args.large_batch, args.large_seq, s).items()} for s in range(2)]
-    opt_state = tx.init(params)
+    compile_step, state, put = real_train_step(cfg, vocab, args.large_seq, args.large_batch, devices=[device])
+    params = int(sum(x.size for x in jax.tree.leaves(state["params"])))
+    batches = [put(text_batch(vocab, args.large_batch, args.large_seq, s)) for s in range(2)]
     start = time.perf_counter()
-    compiled = step.lower(params, opt_state, batches[0], jax.random.key(1)).compile()
+    compiled = compile_step()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     times, losses = [], []
     for i in range(args.large_warmup + args.large_steps):
         t0 = time.perf_counter()
-        params, opt_state, loss = compiled(params, opt_state, batches[i % 2], jax.random.key(i))
-        loss.block_until_ready()
+        state, metrics = compiled(state, batches[i % 2])
+        loss = float(metrics["nelbo_sum"] / metrics["count"])  # waits for the step
         times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
+        losses.append(loss)
     median = statistics.median(times[args.large_warmup:])
     shape = resolve_shape(cfg)
     tokens = args.large_batch * args.large_seq
@@ -126,7 +112,7 @@ def large_mfu(args) -> dict:
     peak = peak_flops_per_device(device, "bfloat16")
     out = {
         "preset": args.large_preset, "vocab": vocab.size, "seq": args.large_seq, "batch": args.large_batch,
-        "remat": args.remat, "params": int(sum(x.size for x in jax.tree.leaves(params))),
+        "remat": args.remat, "params": params,
         "compile_s": compile_s, "ms_per_step": 1e3 * median,
         "p10_ms": 1e3 * float(np.percentile(times[args.large_warmup:], 10)),
         "p90_ms": 1e3 * float(np.percentile(times[args.large_warmup:], 90)),
@@ -146,22 +132,23 @@ def attention_paths(args) -> dict:
     """Train step with explicit vs fused attention (model.attention), same weights and batch, interleaved:
     median ms/step of each, the ratio, and the first-step loss difference (the paths compute the same thing)."""
     vocab = vocab_of_size(args.attn_vocab)
-    batches = [{k: jnp.asarray(v) for k, v in text_batch(vocab, args.attn_batch, args.attn_seq, s).items()} for s in range(2)]
-    tx = optax.adamw(3e-4, b2=0.95, weight_decay=0.1)
+    host_batches = [text_batch(vocab, args.attn_batch, args.attn_seq, s) for s in range(2)]
     runs = {}
     for path in ("explicit", "fused"):
-        model = build_model(dict(args.attn_model, dtype=args.attn_dtype), vocab, args.attn_seq, rngs=nnx.Rngs(0), attention=path)
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        step = jax.jit(bare_train_step(graphdef, rest, tx, vocab))
-        opt_state = tx.init(params)
+        model = dict(args.attn_model, dtype=args.attn_dtype, attention=path)
+        compile_step, state, put = real_train_step(model, vocab, args.attn_seq, args.attn_batch, devices=jax.devices()[:1])
+        batches = [put(b) for b in host_batches]
         start = time.perf_counter()
-        compiled = step.lower(params, opt_state, batches[0], jax.random.key(1)).compile()
-        runs[path] = dict(fn=compiled, params=params, opt=opt_state, compile_s=time.perf_counter() - start, times=[],
-                          loss=float(compiled(params, opt_state, batches[0], jax.random.key(1))[2]))
+        compiled = compile_step()
+        compile_s = time.perf_counter() - start
+        state, metrics = compiled(state, batches[0])
+        runs[path] = dict(fn=compiled, state=state, batches=batches, compile_s=compile_s, times=[],
+                          loss=float(metrics["nelbo_sum"] / metrics["count"]))
     for i in range(args.attn_warmup + args.attn_steps):
         for path, r in runs.items():
             t0 = time.perf_counter()
-            jax.block_until_ready(r["fn"](r["params"], r["opt"], batches[i % 2], jax.random.key(i)))
+            r["state"], metrics = r["fn"](r["state"], r["batches"][i % 2])
+            jax.block_until_ready(metrics)
             if i >= args.attn_warmup:
                 r["times"].append(time.perf_counter() - t0)
     out = {"model": args.attn_model, "dtype": args.attn_dtype, "seq": args.attn_seq, "batch": args.attn_batch,

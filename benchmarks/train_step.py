@@ -1,6 +1,7 @@
 """Training-step benchmark of the bench-small shape (the md4 baseline's shape, BENCHMARKS.md), f32 and bf16.
 
-One step = masked-diffusion NELBO forward + backward + AdamW update, state donated. Shape: vocab 4096
+One step is the step `mdiff train` runs (mdiff.train.step built from a config by mdiff.train.loop.setup:
+MDM NELBO forward + backward, gradient clipping, AdamW update, state donated). Shape: vocab 4096
 (unified vocabulary of exactly 4096 ids), seq 256, batch 16, 4 layers, width 256, 4 heads, SwiGLU
 hidden 1024. FLOPs are analytic (mdiff.model.scaling.flops_per_token: 6 N + 12 L D S). The "peak" is a
 jitted f32 2048x2048 matmul measured in the same run; fraction_of_peak = achieved FLOP/s / peak.
@@ -24,16 +25,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from mdiff.vocab import Modality, UnifiedVocab  # noqa: E402
-from mdiff.model import build_model  # noqa: E402
-from mdiff.model.aot import bare_train_step  # noqa: E402
 from mdiff.model.scaling import PRESETS, flops_per_token  # noqa: E402
-from bench_common import machine, matmul_peak  # noqa: E402
+from bench_common import machine, matmul_peak, real_train_step  # noqa: E402
 
 SEQ, BATCH, VOCAB_SIZE = 256, 16, 4096
 
@@ -69,28 +66,20 @@ def make_batches(vocab: UnifiedVocab, count: int = 8) -> list[dict[str, jax.Arra
     ]
 
 
-def build_step(vocab: UnifiedVocab, dtype: str):
-    """(jitted step, initial (params, opt_state)) for one compute precision."""
-    model = build_model(dict(size="bench-small", dtype=dtype), vocab, SEQ, rngs=nnx.Rngs(0))
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tx = optax.adamw(3e-4, b2=0.999, weight_decay=0.03)
-    step = bare_train_step(graphdef, rest, tx, vocab)
-    return jax.jit(step, donate_argnums=(0, 1)), (params, tx.init(params))
-
-
 def run_precision(vocab: UnifiedVocab, dtype: str, batches, steps: int, warmup: int) -> dict:
-    step, (params, opt_state) = build_step(vocab, dtype)
-    rng = jax.random.key(1)
+    """Time the training step `mdiff train` runs (built from a config) at one compute precision."""
+    compile_step, initial, put = real_train_step(dict(size="bench-small", dtype=dtype), vocab, SEQ, BATCH)
+    batches = [put(b) for b in batches]
     start = time.perf_counter()
-    compiled = step.lower(params, opt_state, batches[0], rng).compile()
+    compiled = compile_step()
     compile_s = time.perf_counter() - start
-    state = [params, opt_state]
+    state = [initial]
     losses = []
 
     def one(i: int):
-        state[0], state[1], loss = compiled(state[0], state[1], batches[i % len(batches)], jax.random.fold_in(rng, i))
-        losses.append(loss)
-        return loss
+        state[0], metrics = compiled(state[0], batches[i % len(batches)])
+        losses.append(metrics["nelbo_sum"] / metrics["count"])
+        return state[0]
 
     counter = iter(range(10**9))
     timed(lambda: one(next(counter)), warmup)

@@ -10,7 +10,7 @@ from mdiff.data.corpus import synthetic_corpus
 from mdiff.vocab import SPECIAL_TOKENS, UnifiedVocab
 from mdiff.model import scaling
 from mdiff.optim import sde
-from mdiff.train import loop
+from mdiff.train import aot, loop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FILES = ("quickstart", "pilot", "large")
@@ -64,7 +64,7 @@ def test_config_compiles_ahead_of_time(name, variant, tmp_path):
         _compile_with_devices(64, name, variant)  # its mesh needs a pod's worth of devices
         return
     run = loop.setup(config, tmp_path, _vocab(config))
-    compiled = loop.compile_ahead_of_time(run)
+    compiled = aot.compile_train_step(run)
     assert compiled.cost_analysis() is not None
 
 
@@ -79,11 +79,11 @@ def _compile_with_devices(devices, name, variant):
         flags.FLAGS.mark_as_parsed()
         import jax
         from mdiff.config import load_config
-        from mdiff.train import loop
+        from mdiff.train import aot, loop
         from test_experiments import _vocab
         config = load_config("experiments/{name}.py:{variant}")
         run = loop.setup(config, pathlib.Path(tempfile.mkdtemp()), _vocab(config))
-        loop.compile_ahead_of_time(run)
+        aot.compile_train_step(run)
         print("compiled on", jax.device_count(), "devices, mesh", dict(run.mesh.shape))
         """,
         devices=devices,

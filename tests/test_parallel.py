@@ -108,29 +108,34 @@ def test_indivisible_parameter_dim_is_a_clear_error():
         parallel.sharded_init(lambda: build_model(MODEL, VOCAB, 32, rngs=nnx.Rngs(0)), mesh, rules)
 
 
-def _aot_report(size, vocab, seq_len, batch, shape):
-    from mdiff.model.aot import compile_train_step
+def _aot_report(size, vocab, seq_len, batch, shape, tmp_path):
+    """Compile the real train step (the config's optimiser, schedules, clipping) for `shape` and report memory."""
+    from mdiff.defaults import base_config
+    from mdiff.train import aot, loop
 
-    cfg = mesh_cfg(*shape)
-    mesh, rules = parallel.make_mesh(cfg), parallel.logical_rules(cfg)
-    model_cfg = dict(size=size, scan_layers=True, remat=True, dtype="bfloat16")
-    _, memory = compile_train_step(model_cfg, vocab, seq_len, batch, mesh, rules)
-    print(f"\n{size} on mesh {dict(mesh.shape)}: compiled memory per device {memory}")
+    config = base_config()
+    config.model.update(size=size, scan_layers=True, remat=True, dtype="bfloat16")
+    config.mesh.shape = dict(zip(("data", "fsdp", "tensor"), shape))
+    config.data.seq_len, config.train.batch, config.train.eval_batch = seq_len, batch, batch
+    config.train.tokens = 100 * batch * seq_len
+    run = loop.setup(config, tmp_path, vocab)
+    memory = aot.memory_per_device(aot.compile_train_step(run))
+    print(f"\n{size} on mesh {dict(run.mesh.shape)}: compiled memory per device {memory}")
     return memory
 
 
-def test_aot_compile_small_preset_on_fsdp_tensor_mesh():
-    memory = _aot_report("cpu-m", VOCAB, 64, 8, (2, 2, 2))
+def test_aot_compile_small_preset_on_fsdp_tensor_mesh(tmp_path):
+    memory = _aot_report("cpu-m", VOCAB, 64, 8, (2, 2, 2), tmp_path)
     assert memory["argument_size_in_bytes"] > 0
 
 
-def test_aot_compile_3b_preset_on_fake_mesh():
+def test_aot_compile_3b_preset_on_fake_mesh(tmp_path):
     from mdiff.model.scaling import PRESETS, param_counts
 
     vocab = UnifiedVocab(PRESETS["3b"].reference_vocab - 15 - 16384 - 4096, 16384, 4096)
     counts = param_counts(PRESETS["3b"], vocab.size)
     assert 2.8e9 < counts["total"] < 3.3e9
-    memory = _aot_report("3b", vocab, 1024, 8, (1, 4, 2))
+    memory = _aot_report("3b", vocab, 1024, 8, (1, 4, 2), tmp_path)
     # f32 params + two AdamW moments, split 8 ways: the arguments alone are ~12 bytes/param / 8.
     assert memory["argument_size_in_bytes"] == pytest.approx(12 * counts["total"] / 8, rel=0.05)
 

@@ -89,9 +89,10 @@ def eval_batch_size(config: Any) -> int:
     return config.train.eval_batch or config.train.batch // config.train.microbatches
 
 
-def setup(config: Any, workdir: pathlib.Path, vocab: Any) -> Run:
+def setup(config: Any, workdir: pathlib.Path, vocab: Any, devices: list | None = None) -> Run:
+    """Everything derived from the config before compiling; the mesh spans `devices` (default: all)."""
     plan = sde.plan(config)
-    mesh = sharding.make_mesh(config)
+    mesh = sharding.make_mesh(config, devices)
     check_batch_layout(config, sharding.data_parallel_size(mesh, config))
     shape = scaling.resolve_shape(config.model)
     overrides = completep.model_overrides(shape.width, shape.depth, config.optim)
@@ -225,12 +226,6 @@ def abstract_batch(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
 
     shape = (run.config.train.batch, run.config.data.seq_len)
     return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=run.batch_sharding) for k in BATCH_KEYS}
-
-
-def compile_ahead_of_time(run: Run):
-    """Lower and compile the train step for `run`'s shapes and mesh without running anything."""
-    with sharding.activation_mesh(run.mesh, run.config):
-        return jit_train_step(run).lower(run.abstract_state, abstract_batch(run)).compile()
 
 
 # ---------------------------------------------------------------------------------------------
