@@ -102,6 +102,8 @@ def _tree(path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def two_step_run(tmp_path_factory):
     """Checkpoints of steps 1 and 2, summary complete at 2, and a save in progress (orbax's tmp folder)."""
+    import jax
+    import numpy as np
     from flax import nnx
 
     from mdiff.data.corpus import SYNTHETIC_VOCAB
@@ -114,8 +116,11 @@ def two_step_run(tmp_path_factory):
     run = loop.setup(config, workdir, SYNTHETIC_VOCAB)
     checkpointer = Checkpointer(workdir / rundir.CHECKPOINT_DIR, keep=3, use_async=False)
     meta = {"param_shapes": loop.param_shapes(nnx.to_pure_dict(run.abstract_params))}
+    # Zeros in the trained state's shapes and shardings: what is read back matters here, not its values
+    # (and no initialiser to compile).
+    state = jax.tree.map(lambda s: jax.device_put(np.zeros(s.shape, s.dtype), s.sharding), run.abstract_state)
     for step in (1, 2):
-        checkpointer.save(step, loop.init_state(run), meta)
+        checkpointer.save(step, state, meta)
     checkpointer.close()
     rundir.write_config(workdir, config)
     rundir.write_summary(workdir, {"status": "complete", "steps": 2})
@@ -162,14 +167,6 @@ def test_final_step_missing_needs_an_explicit_step(two_step_run, tmp_path, capsy
     assert "no checkpoint of step 3 (the run's final step); on disk: [1, 2]; pass --step 2" in err
     assert cli.main(["sample", "--workdir", str(work), "--task", "text", "--out", str(tmp_path / "s"), "--step", "5"]) == 2
     assert "no checkpoint of step 5 (--step)" in capsys.readouterr().err and _tree(work) == before
-
-
-def test_sampling_the_final_step_writes_nothing_in_the_run(two_step_run, tmp_path):
-    before = _tree(two_step_run)
-    out = tmp_path / "s"
-    assert cli.main(["sample", "--workdir", str(two_step_run), "--task", "text", "--num", "1", "--steps", "2", "--out", str(out)]) == 0
-    assert json.loads((out / "samples.json").read_text())["step"] == 2
-    assert _tree(two_step_run) == before
 
 
 @pytest.mark.parametrize("flag, value", [("--batch-size", "-3"), ("--batch-size", "0"), ("--num", "0")])
