@@ -162,3 +162,16 @@ def test_report_sections_come_from_the_sweep_directory(tmp_path):
     summary = (mixing / "report" / "summary.md").read_text()
     assert "Trade-off: loss per modality against its share" in summary
     assert (mixing / "report" / "figures" / "mixing_tradeoff.png").is_file()
+
+
+def test_an_older_run_config_gets_the_keys_added_since(tmp_path):
+    """A run trained before a config key existed is still readable: the key takes today's default."""
+    from mdiff.defaults import base_config
+    from mdiff.eval.restore import read_run_config
+
+    saved = base_config().to_dict()
+    del saved["optim"]["seq_len_base"]
+    saved["optim"]["lr"] = 0.123
+    (tmp_path / rundir.CONFIG_FILE).write_text(json.dumps(saved, default=str))
+    config = read_run_config(tmp_path)
+    assert config.optim.seq_len_base == base_config().optim.seq_len_base and config.optim.lr == 0.123

@@ -54,7 +54,7 @@ class LoadedRun:
 
 
 def read_run_config(workdir: str | pathlib.Path) -> ConfigDict:
-    """The run's resolved config.json; sections it lacks (older runs) come from today's defaults."""
+    """The run's resolved config.json; sections and keys it lacks (older runs) come from today's defaults."""
     from mdiff import rundir
     from mdiff.defaults import base_config
 
@@ -66,8 +66,18 @@ def read_run_config(workdir: str | pathlib.Path) -> ConfigDict:
         for key, value in saved.items():
             if key == "sampling" and not all(t in value for t in ("text", "t2i")):
                 continue  # a run from before per-task sampling settings: keep the defaults
+            if isinstance(value, dict) and isinstance(config.get(key), ConfigDict):
+                value = _merged(config[key].to_dict(), value)
             config[key] = ConfigDict(value) if isinstance(value, dict) else value
     return config
+
+
+def _merged(defaults: dict, saved: dict) -> dict:
+    """`saved` over `defaults`, recursively: a key added since the run was trained keeps its default."""
+    out = dict(defaults)
+    for key, value in saved.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def data_source(config: ConfigDict) -> tuple[UnifiedVocab, Any, str]:
