@@ -98,3 +98,15 @@ def test_the_requirements_table_is_complete():
     table = sources.requirements().values()
     assert paths <= {r.path for r in table}, paths - {r.path for r in table}
     assert programs <= {r.command for r in table}, programs - {r.command for r in table}
+
+
+def test_a_build_missing_packages_names_them_all_and_touches_nothing(tmp_path, monkeypatch):
+    from mdiff.data.build import build_dataset
+
+    monkeypatch.setattr(sources.shutil, "which", lambda name: None)
+    monkeypatch.setattr(sources, "FORTUNES_DIR", str(tmp_path / "no-fortunes"))
+    with pytest.raises(MissingPackageError) as info:
+        build_dataset(str(tmp_path / "data"), scale="tiny", progress=False)
+    message = str(info.value)
+    assert message.endswith("install with `sudo apt-get install bible-kjv fortunes espeak-ng`") and "\n" not in message
+    assert not (tmp_path / "data").exists()

@@ -167,6 +167,7 @@ def _build(data_dir: str, scale: str, settings: dict[str, Any], stages: _Stages)
 
     t0 = time.time()
     tok = settings["tokenizer"]
+    sources.check_requirements()  # before anything is cleared or written
     os.makedirs(data_dir, exist_ok=True)
     _clear(data_dir)
 

@@ -72,6 +72,19 @@ def requirements() -> dict[str, Requirement]:
     }
 
 
+def check_requirements() -> None:
+    """Before a build touches its directory: one error naming every missing package, with the install line."""
+    missing = {}
+    for requirement in requirements().values():
+        try:
+            requirement.resolve()
+        except MissingPackageError:
+            missing[requirement.package] = requirement.command or requirement.path
+    if missing:
+        found = ", ".join(f"{what} ({package})" for package, what in missing.items())
+        raise MissingPackageError(f"not found: {found}; install with `sudo apt-get install {' '.join(missing)}`")
+
+
 def require(name: str) -> str:
     """The path of requirement `name` (see `requirements()`), or the error naming its package."""
     return requirements()[name].resolve()
