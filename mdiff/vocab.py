@@ -38,6 +38,11 @@ MODALITIES = tuple(MODALITY_NAMES.values())  # ("text", "image", "audio"): confi
 MODALITY_BY_NAME = {name: m for m, name in MODALITY_NAMES.items()}
 NUM_MODALITIES = len(Modality)  # rows of the model's modality embedding (NONE included)
 
+# loss_mask values (the batch contract, mdiff.data.layout): 0 = not a target, TARGET = real content,
+# FILL_TARGET = slot fill counted as a target (only under data.fill_targets, so its share can be logged).
+TARGET = 1
+FILL_TARGET = 2
+
 # Order fixes the ids of the specials; append only.
 SPECIAL_TOKENS = (
     "PAD",

@@ -6,7 +6,7 @@ A batch is a dict of int32 arrays, each [batch, seq_len]:
 * ``modality``    `Modality` of each position (NONE for specials and padding). Drives the model's
                   modality embedding, the per-modality losses and the head's logit restriction.
 * ``loss_mask``   > 0 where the position is a *target*: the forward process may mask it and the
-                  ELBO counts it. 1 = real content (`TARGET`); 2 = slot fill counted as a target
+                  ELBO counts it. 1 = real content (`mdiff.vocab.TARGET`); 2 = slot fill counted as a target
                   only under the off-by-default `data.fill_targets` option (`FILL_TARGET`), so its
                   share can be logged. Conditions, specials, padding and (by default) slot fill are 0.
 * ``cond_mask``   1 at the condition's content (given, never masked; dropped for classifier-free
@@ -39,11 +39,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from mdiff.errors import InputError
-from mdiff.vocab import TASKS, Modality, UnifiedVocab, VocabError
+from mdiff.vocab import FILL_TARGET, TASKS, Modality, UnifiedVocab, VocabError
 
 BATCH_KEYS = ("tokens", "modality", "loss_mask", "cond_mask", "segment_ids", "positions")
-TARGET = 1  # loss_mask of a real-content target
-FILL_TARGET = 2  # loss_mask of slot fill counted as a target (data.fill_targets only)
 
 
 class LayoutError(InputError):
