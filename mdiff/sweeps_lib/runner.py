@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from mdiff.rundir import EXIT_PREEMPTED
 from mdiff.sweeps_lib import state
-from mdiff.sweeps_lib.define import Sweep, SweepError
+from mdiff.sweeps_lib.define import Sweep, SweepError, override_args
 from mdiff.sweeps_lib.expand import REPO_ROOT, RunSpec, expand, load_sweep
 
 DEFAULT_ENTRY: tuple[str, ...] | None = None  # None: `python -m <the sweep's module>`; tests substitute a fake
@@ -111,10 +111,51 @@ class _Active:
     proc: subprocess.Popen
     log: TextIO
     started: float
+    members: list[RunSpec] = dataclasses.field(default_factory=list)  # a packed job's points (else [run])
+
+    @property
+    def points(self) -> list[RunSpec]:
+        return self.members or [self.run]
 
 
-def _start(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Sequence[str] | None, env: dict[str, str]) -> _Active:
-    argv = command_line(run, sweep_dir, common, entry)
+def _start_packed(group: list[RunSpec], sweep_dir: pathlib.Path, common: dict, env: dict[str, str]) -> _Active:
+    """One `python -m mdiff.train.packed` process for same-shape points (mdiff.train.packed); its log is
+    the first point's, and every point's pid file names it."""
+    import json
+
+    spec = [{"config": r.config, "workdir": str(state.run_dir(sweep_dir, r.name)),
+             "overrides": override_args({**common, **r.overrides})} for r in group]
+    spec_path = state.log_path(sweep_dir, group[0].name, ".pack.json")
+    state.write_atomic(spec_path, json.dumps(spec, indent=1) + "\n")
+    lead = dataclasses.replace(group[0], module="mdiff.train.packed", command=())
+    active = _start(lead, sweep_dir, common, None, env, argv=[sys.executable, "-m", "mdiff.train.packed", str(spec_path)])
+    for r in group[1:]:
+        with open(state.log_path(sweep_dir, r.name), "a") as log:
+            log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} packed with {group[0].name}: see {state.log_path(sweep_dir, group[0].name)}\n")
+        state.write_atomic(state.log_path(sweep_dir, r.name, ".pid"), f"{active.proc.pid}\n")
+    active.members = group
+    return active
+
+
+def pack_groups(sweep: Sweep, runs: list[RunSpec], entry: Sequence[str] | None) -> list[list[RunSpec]]:
+    """`runs` as jobs: same-shape `mdiff train` points of a one-device sweep together (mdiff.train.packed),
+    every other point alone. Order follows `runs`."""
+    if entry or sweep.devices != 1 or sweep.hosts != 1:
+        return [[r] for r in runs]
+    from mdiff.config import load_config
+    from mdiff.train.packed import pack_key
+
+    groups: dict[str, list[RunSpec]] = {}
+    for r in runs:
+        trains = r.module == "mdiff" and tuple(r.command) == ("train",)
+        key = pack_key(load_config(r.config, override_args({**sweep.common, **r.overrides}))) if trains else r.name
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
+def _start(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Sequence[str] | None, env: dict[str, str],
+           argv: list[str] | None = None) -> _Active:
+    argv = argv or command_line(run, sweep_dir, common, entry)
     try:
         log = open(state.log_path(sweep_dir, run.name), "a")
         log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
@@ -129,10 +170,10 @@ def _start(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Sequence[
     return _Active(run, proc, log, time.monotonic())
 
 
-def _finish(active: _Active, sweep_dir: pathlib.Path) -> str:
-    """Record how a child ended; return complete, failed or partial."""
+def _finish(active: _Active, sweep_dir: pathlib.Path, run: RunSpec | None = None) -> str:
+    """Record how a child ended for `run` (default: its only point); return complete, failed or partial."""
     active.log.close()
-    name, rc = active.run.name, active.proc.returncode
+    name, rc = (run or active.run).name, active.proc.returncode
     state.log_path(sweep_dir, name, ".pid").unlink(missing_ok=True)
     summary = state.read_json(state.run_dir(sweep_dir, name) / "summary.json") or {}
     failed_file = state.log_path(sweep_dir, name, ".failed.json")
@@ -145,8 +186,8 @@ def _finish(active: _Active, sweep_dir: pathlib.Path) -> str:
         "status": "failed",
         "returncode": rc,
         "seconds": round(time.monotonic() - active.started, 1),
-        "log": str(state.log_path(sweep_dir, name)),
-        "error": state.tail_lines(state.log_path(sweep_dir, name), 20),
+        "log": str(state.log_path(sweep_dir, active.run.name)),
+        "error": state.tail_lines(state.log_path(sweep_dir, active.run.name), 20),
     }
     state.write_atomic(failed_file, _dumps(record))
     return state.FAILED
@@ -184,6 +225,10 @@ def run_sweep(
     child_env = {**os.environ, "MDIFF_PROGRESS": "0", **(env or {})}
     progress = progress or Progress(sweep.name, runs, sweep_dir, stream=sys.stderr)
     active: list[_Active] = []
+    packs = {r.name: g for g in pack_groups(sweep, todo, entry) if len(g) > 1 for r in g}
+    if packs:
+        jobs = len({id(g) for g in packs.values()})
+        progress.event(f"packing {len(packs)} same-shape points into {jobs} job(s): one process and one compiled program each")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
     try:
         while todo or active:
@@ -192,25 +237,34 @@ def run_sweep(
                 if state.run_state(sweep_dir, run.name) == state.RUNNING:  # taken by another trainer meanwhile
                     outcome.elsewhere.append(run.name)
                     continue
+                group = [r for r in packs.get(run.name, []) if r is run or r in todo]
+                if len(group) > 1:
+                    for r in group[1:]:
+                        todo.remove(r)
+                    active.append(_start_packed(group, sweep_dir, sweep.common, child_env))
+                    outcome.started.extend(r.name for r in group)
+                    progress.event(f"start {', '.join(r.name for r in group)} (packed)")
+                    continue
                 active.append(_start(run, sweep_dir, sweep.common, entry, child_env))
                 outcome.started.append(run.name)
                 progress.event(f"start {run.name}")
             time.sleep(poll_s)
-            for a in [a for a in active if a.proc.poll() is not None]:
-                active.remove(a)
-                result = _finish(a, sweep_dir)
-                {state.COMPLETE: outcome.complete, state.FAILED: outcome.failed}.get(result, []).append(a.run.name)
-                progress.event(f"{result} {a.run.name} ({time.monotonic() - a.started:.0f}s)")
+            for a, run in [(a, run) for a in active if a.proc.poll() is not None for run in a.points]:
+                if a in active:
+                    active.remove(a)
+                result = _finish(a, sweep_dir, run)
+                {state.COMPLETE: outcome.complete, state.FAILED: outcome.failed}.get(result, []).append(run.name)
+                progress.event(f"{result} {run.name} ({time.monotonic() - a.started:.0f}s)")
                 if result == state.PARTIAL:  # preempted with a checkpoint: resume it
-                    if outcome.requeued.count(a.run.name) < MAX_REQUEUES:
-                        outcome.requeued.append(a.run.name)
-                        todo.append(a.run)
-                        progress.event(f"requeue {a.run.name} (preempted, exit {EXIT_PREEMPTED})")
+                    if outcome.requeued.count(run.name) < MAX_REQUEUES:
+                        outcome.requeued.append(run.name)
+                        todo.append(run)
+                        progress.event(f"requeue {run.name} (preempted, exit {EXIT_PREEMPTED})")
                     else:
-                        outcome.partial.append(a.run.name)
+                        outcome.partial.append(run.name)
                 state.write_results(sweep_dir)
                 if on_finish:
-                    on_finish(a.run.name, result)
+                    on_finish(run.name, result)
             progress.tick()
     except KeyboardInterrupt:
         outcome.interrupted = True
@@ -250,7 +304,8 @@ def _stop(active: list[_Active], sweep_dir: pathlib.Path, grace_s: float = 30.0)
             a.proc.kill()
             a.proc.wait()
         a.log.close()
-        state.log_path(sweep_dir, a.run.name, ".pid").unlink(missing_ok=True)
+        for run in a.points:
+            state.log_path(sweep_dir, run.name, ".pid").unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

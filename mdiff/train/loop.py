@@ -145,21 +145,22 @@ def setup(config: Any, workdir: pathlib.Path, vocab: Any, devices: list | None =
 
 def init_state(run: Run) -> dict:
     """Initialise parameters and optimiser state directly in their shardings (never on one device)."""
+    with sharding.activation_mesh(run.mesh, run.config):
+        return jax.jit(lambda: fresh_state(run, run.config.seed), out_shardings=run.state_sharding)()
+
+
+def fresh_state(run: Run, seed: Any) -> dict:
+    """The initial train state for `seed` (an int or a traced array: packed training vmaps over seeds)."""
     config = run.config
     overrides = completep.model_overrides(run.shape.width, run.shape.depth, config.optim)
-
-    def init():
-        model = build_model(config.model, run.vocab, config.data.seq_len, rngs=nnx.Rngs(config.seed), **overrides)
-        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        return {
-            "params": params,
-            "opt_state": run.tx.init(params),
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(config.seed + 1)).astype(jnp.uint32),
-        }
-
-    with sharding.activation_mesh(run.mesh, config):
-        return jax.jit(init, out_shardings=run.state_sharding)()
+    model = build_model(config.model, run.vocab, config.data.seq_len, rngs=nnx.Rngs(jax.random.key(seed)), **overrides)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {
+        "params": params,
+        "opt_state": run.tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key_data(jax.random.key(seed + 1)).astype(jnp.uint32),
+    }
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -231,14 +232,18 @@ def abstract_batch(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
 # ---------------------------------------------------------------------------------------------
 # Evaluation: fixed seed, fixed t, the start of the validation split
 # ---------------------------------------------------------------------------------------------
-def make_evaluator(run: Run):
+def jit_eval_step(run: Run):
+    """The sharded eval step: (params, global batch, key) -> summed metrics."""
+    setup_eval = step_lib.loss_setup(run.config, run.graphdef, run.abstract_params, run.vocab, train=False)
+    return jax.jit(step_lib.make_eval_step(setup_eval), in_shardings=(run.state_sharding["params"], run.batch_sharding, None))
+
+
+def make_evaluator(run: Run, eval_step: Any = None):
+    """`evaluate(params)` over the validation split; `eval_step` (from jit_eval_step) may be shared by
+    runs of one shape (packed sweep points) so that it compiles once."""
     config = run.config
     rows = eval_batch_size(config)
-    setup_eval = step_lib.loss_setup(config, run.graphdef, run.abstract_params, run.vocab, train=False)
-    eval_step = jax.jit(
-        step_lib.make_eval_step(setup_eval),
-        in_shardings=(run.state_sharding["params"], run.batch_sharding, None),
-    )
+    eval_step = eval_step or jit_eval_step(run)
     eval_config = config.copy_and_resolve_references()
     with eval_config.unlocked():
         eval_config.train.batch = rows

@@ -1,0 +1,162 @@
+"""Sweep throughput: same-shape points trained as today (one process each, two at a time) vs packed.
+
+    python benchmarks/sweep_throughput.py             # 8 seeds of the quickstart's cpu-s, 100 steps each
+    python benchmarks/sweep_throughput.py --quick     # 8 seeds of the synthetic `test` variant (seconds)
+
+Three parts, all in this one run (the machine may be shared: compare the ratios, not the absolute times):
+  1. sequential: `python -m mdiff train` per point, two processes at a time (what `mdiff sweep run
+     --parallel 2` did before packing);
+  2. packed: one `python -m mdiff.train.packed` process for all points (what the runner does now);
+     points per hour, aggregate tokens/s, and the largest relative difference between a point's logged
+     losses in the two modes;
+  3. head: the cpu-s train step with the full-vocabulary head (model.head=full) vs the target-only head
+     (model.head=targets) on the same state and batches, timed interleaved; the median step-time ratio.
+The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
+
+from bench_common import machine  # noqa: E402
+
+
+def point_overrides(seed: int, steps: int, variant: str) -> list[str]:
+    batch, seq = (8, 32) if variant == "test" else (16, 128)
+    return [f"--config.seed={seed}", f"--config.name=seed{seed}", f"--config.train.tokens={batch * seq * steps}",
+            f"--config.optim.tokens_base={batch * seq * steps}", "--config.train.progress=False"]
+
+
+def run_sequential(config: str, seeds: list[int], steps: int, variant: str, out: pathlib.Path, parallel: int = 2) -> float:
+    """Wall seconds to train every point in its own `mdiff train` process, `parallel` at a time."""
+    env = dict(os.environ, MDIFF_PROGRESS="0")
+    todo = list(seeds)
+    active: list[subprocess.Popen] = []
+    start = time.perf_counter()
+    while todo or active:
+        while todo and len(active) < parallel:
+            seed = todo.pop(0)
+            argv = [sys.executable, "-m", "mdiff", "train", "--config", config, "--workdir", str(out / f"seed{seed}"),
+                    *point_overrides(seed, steps, variant)]
+            active.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        time.sleep(0.2)
+        for proc in [p for p in active if p.poll() is not None]:
+            active.remove(proc)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{proc.args}: exit {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+    return time.perf_counter() - start
+
+
+def run_packed(config: str, seeds: list[int], steps: int, variant: str, out: pathlib.Path) -> float:
+    """Wall seconds to train every point in one packed process."""
+    spec = [{"config": config, "workdir": str(out / f"seed{s}"), "overrides": point_overrides(s, steps, variant)} for s in seeds]
+    spec_path = out / "spec.json"
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mdiff.train.packed", str(spec_path)], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ, MDIFF_PROGRESS="0"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"packed: exit {proc.returncode}: {proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def losses(workdir: pathlib.Path) -> dict[int, float]:
+    from mdiff import rundir
+
+    return {r["step"]: r["loss"] for r in rundir.read_jsonl(workdir / rundir.METRICS_FILE)}
+
+
+def head_ratio(config_spec: str, repeats: int) -> dict:
+    """Median train-step seconds with model.head=full and =targets, interleaved, same state and batches."""
+    import jax
+
+    from mdiff.config import load_config
+    from mdiff.data.pipeline import make_pipeline
+    from mdiff.train import loop, step as step_lib
+
+    steps, metrics = {}, {}
+    for head in ("full", "targets"):
+        config = load_config(config_spec, [f"--config.model.head={head}"])
+        pipeline = make_pipeline(config, "train")
+        run = loop.setup(config, None, pipeline.vocab)
+        fn = step_lib.make_train_step(step_lib.loss_setup(config, run.graphdef, run.abstract_params, run.vocab), run.tx,
+                                      config.train.microbatches)
+        steps[head] = (run, jax.jit(fn))
+    batches = [{k: jax.numpy.asarray(v) for k, v in next(pipeline).items()} for _ in range(4)]
+    pipeline.close()
+    state = loop.init_state(steps["full"][0])
+    for head, (_, fn) in steps.items():  # compile, and the first step's loss from both heads
+        metrics[head] = jax.device_get(fn(state, batches[0])[1])
+    times: dict[str, list[float]] = {h: [] for h in steps}
+    for r in range(repeats):
+        for head, (_, fn) in steps.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(state, batches[r % len(batches)]))
+            times[head].append(time.perf_counter() - t0)
+    med = {h: statistics.median(v) for h, v in times.items()}
+    loss = {h: float(m["nelbo_sum"]) / float(m["count"]) for h, m in metrics.items()}
+    return {"config": config_spec, "ms_full": 1e3 * med["full"], "ms_targets": 1e3 * med["targets"],
+            "speedup": med["full"] / med["targets"], "loss_full": loss["full"], "loss_targets": loss["targets"],
+            "loss_rel_diff": abs(loss["full"] - loss["targets"]) / abs(loss["full"]), "repeats": repeats}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="synthetic `test` variant: checks that the script runs")
+    parser.add_argument("--points", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--head-repeats", type=int, default=10)
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: sweep,head")
+    args = parser.parse_args()
+    variant = "test" if args.quick else "cpu-s"
+    config = f"experiments/quickstart.py:{variant}"
+    steps = min(args.steps, 12) if args.quick else args.steps
+    skip = set(filter(None, args.skip.split(",")))
+    seeds = list(range(args.points))
+    result: dict = {"benchmark": "sweep_throughput", "config": config, "points": len(seeds), "steps": steps}
+    if "sweep" not in skip:
+        batch, seq = (8, 32) if variant == "test" else (16, 128)
+        tokens = len(seeds) * steps * batch * seq
+        with tempfile.TemporaryDirectory(prefix="mdiff-sweep-throughput-") as tmp:
+            tmp = pathlib.Path(tmp)
+            seq_s = run_sequential(config, seeds, steps, variant, tmp / "sequential")
+            packed_s = run_packed(config, seeds, steps, variant, tmp / "packed")
+            diffs = []
+            for s in seeds:
+                a, p = losses(tmp / "sequential" / f"seed{s}"), losses(tmp / "packed" / f"seed{s}")
+                if a.keys() != p.keys():
+                    raise RuntimeError(f"seed {s}: logged steps differ between the modes")
+                diffs.append(max(abs(a[k] - p[k]) / abs(a[k]) for k in a))
+        result.update(
+            sequential={"wall_s": seq_s, "points_per_hour": 3600 * len(seeds) / seq_s, "tokens_per_s": tokens / seq_s},
+            packed={"wall_s": packed_s, "points_per_hour": 3600 * len(seeds) / packed_s, "tokens_per_s": tokens / packed_s},
+            speedup_points_per_hour=seq_s / packed_s,
+            max_loss_rel_diff=max(diffs),
+        )
+        print(f"[sweep] {len(seeds)} points x {steps} steps: sequential (2 at a time) {seq_s:.1f} s, packed {packed_s:.1f} s: "
+              f"x{seq_s / packed_s:.2f} points/hour; largest loss difference {max(diffs):.1e}", flush=True)
+    if "head" not in skip:
+        result["head"] = head_ratio(config, 3 if args.quick else args.head_repeats)
+        h = result["head"]
+        print(f"[head] {variant} step: full {h['ms_full']:.1f} ms, targets {h['ms_targets']:.1f} ms: x{h['speedup']:.2f}; "
+              f"loss rel diff {h['loss_rel_diff']:.1e}", flush=True)
+    result["machine"] = machine()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

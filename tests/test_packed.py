@@ -1,0 +1,113 @@
+"""Packed training of same-shape sweep points: each point's records equal the point trained alone."""
+
+import json
+import pathlib
+
+import pytest
+
+from helpers import run_python
+from mdiff import rundir
+from mdiff.config import ConfigError, load_config
+from mdiff.train import packed
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG = str(ROOT / "experiments/quickstart.py:test")
+
+# One device, as packing requires: trains three seeds packed and each alone, and reports both runs' records.
+PACKED_VS_ALONE = """
+import json, pathlib, sys
+from mdiff import rundir
+from mdiff.config import load_config
+from mdiff.train import packed
+from mdiff.train.loop import train_and_evaluate
+
+out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else {out!r})
+configs = [load_config({config!r}, [f"--config.seed={{s}}", f"--config.name=p{{s}}"]) for s in (0, 1, 2)]
+summaries = packed.train_packed(configs, [out / f"packed{{i}}" for i in range(3)])
+for i, c in enumerate(configs):
+    train_and_evaluate(c, out / f"alone{{i}}")
+def records(d, f):
+    return rundir.read_jsonl(out / d / f)
+print(json.dumps({{
+    "statuses": [s["status"] for s in summaries],
+    "packed_counts": [rundir.read_summary(out / f"packed{{i}}")["packed"] for i in range(3)],
+    "seeds": [json.loads((out / f"packed{{i}}" / rundir.CONFIG_FILE).read_text())["seed"] for i in range(3)],
+    "metrics": {{d: records(d, rundir.METRICS_FILE) for d in [f"{{k}}{{i}}" for k in ("packed", "alone") for i in range(3)]}},
+    "evals": {{d: records(d, rundir.EVAL_FILE) for d in [f"{{k}}{{i}}" for k in ("packed", "alone") for i in range(3)]}},
+}}))
+"""
+
+
+def test_packed_points_equal_the_points_trained_alone(tmp_path):
+    result = json.loads(run_python(PACKED_VS_ALONE.format(out=str(tmp_path), config=CONFIG), devices=1).splitlines()[-1])
+    assert result["statuses"] == ["complete"] * 3 and result["packed_counts"] == [3] * 3 and result["seeds"] == [0, 1, 2]
+    worst = 0.0
+    for i in range(3):
+        alone = {r["step"]: r["loss"] for r in result["metrics"][f"alone{i}"]}
+        pack = {r["step"]: r["loss"] for r in result["metrics"][f"packed{i}"]}
+        assert alone.keys() == pack.keys() and len(alone) >= 4
+        worst = max(worst, max(abs(alone[k] - pack[k]) / abs(alone[k]) for k in alone))
+        for ea, ep in zip(result["evals"][f"alone{i}"], result["evals"][f"packed{i}"], strict=True):
+            assert ea["step"] == ep["step"]
+            for k in (k for k in ea if k.startswith("eval/")):
+                assert abs(ea[k] - ep[k]) <= 1e-5 * abs(ea[k]), (k, ea, ep)
+    # float32 rounding only: vmap may sum in another order (measured: see BENCHMARKS.md, sweep throughput).
+    assert worst < 1e-5, worst
+    # The seeds are different points, not one point trained three times.
+    assert [r["loss"] for r in result["metrics"]["packed0"]] != [r["loss"] for r in result["metrics"]["packed1"]]
+
+
+def point_config(seed: int, *extra: str):
+    return load_config(CONFIG, [f"--config.seed={seed}", f"--config.name=p{seed}", *extra])
+
+
+def test_only_same_shape_points_pack():
+    a = point_config(0)
+    reason = packed.unpackable_reason([a, point_config(1, "--config.model.size=cpu-xs")])
+    assert reason is not None and "model.size" in reason
+    mix = ("--config.data.mix.text=0.6", "--config.data.mix.image=0.2", "--config.data.mix.audio=0.2")
+    assert packed.pack_key(a) == packed.pack_key(point_config(5, *mix))  # seeds and mixtures are data
+    assert packed.pack_key(a) != packed.pack_key(point_config(0, "--config.optim.lr=0.01"))
+    with pytest.raises(ConfigError, match="cannot train packed"):
+        packed.train_packed([a, point_config(1, "--config.model.size=cpu-xs")], ["/nonexistent/a", "/nonexistent/b"])
+
+
+def seed_sweep():
+    from mdiff.sweeps_lib.define import Sweep, sweep
+
+    return Sweep(config=CONFIG, points=sweep("seed", [0, 1]), common={"train.tokens": 8 * 32 * 4}, name="seeds")
+
+
+def test_runner_packs_same_shape_points_and_each_keeps_its_row(tmp_path):
+    import io
+
+    from mdiff.sweeps_lib import state
+    from mdiff.sweeps_lib.runner import Progress, run_sweep
+
+    sw = seed_sweep()
+    stream = io.StringIO()
+    progress = Progress(sw.name, [], tmp_path / "out", stream=stream)
+    outcome = run_sweep(sw, tmp_path / "out", parallel=2, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+                        progress=progress)
+    assert sorted(outcome.complete) == ["seed-0", "seed-1"], stream.getvalue()
+    assert "packing 2 same-shape points into 1 job" in stream.getvalue()
+    rows = (tmp_path / "out" / state.RESULTS_FILE).read_text().splitlines()
+    assert len(rows) == 3  # header + one row per point
+    for name in ("seed-0", "seed-1"):
+        run = tmp_path / "out" / "runs" / name
+        assert rundir.read_summary(run)["packed"] == 2 and (run / rundir.METRICS_FILE).exists()
+        assert not state.log_path(tmp_path / "out", name, ".pid").exists()
+
+
+def test_emit_puts_packable_points_in_one_job(tmp_path):
+    from mdiff.sweeps_lib.emit import SlurmOptions, emit
+    from mdiff.sweeps_lib.expand import expand
+
+    sw = seed_sweep()
+    runs = expand(sw)
+    emit(sw, runs, tmp_path, "slurm", SlurmOptions())
+    commands = (tmp_path / "launch" / "commands.txt").read_text().splitlines()
+    assert len(commands) == 1 and "mdiff.train.packed" in commands[0]
+    spec = json.loads((tmp_path / "launch" / "pack-seed-0.json").read_text())
+    assert [e["workdir"] for e in spec] == [str(tmp_path / "runs" / n) for n in ("seed-0", "seed-1")]
+    assert "--array=0-0" in (tmp_path / "launch" / "slurm.sh").read_text()
