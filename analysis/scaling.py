@@ -67,6 +67,9 @@ DEFAULT_GRID = dict(
     beta=np.arange(0.0, 2.01, 0.5),
 )
 LBFGS_OPTIONS = dict(maxiter=1000, ftol=1e-13, gtol=1e-9, maxcor=20)
+# Below this many (problem x observation) pairs per process the bootstrap runs in this process: starting a
+# worker costs more than it saves (spawned workers re-import the caller, JAX included).
+MIN_WORK_PER_PROCESS = 200_000
 GRID_STARTS_PER_REPLICATE = 2  # a bootstrap replicate starts from its own best grid points and the full-data optimum
 
 # Identifiability rules (module docstring).
@@ -401,7 +404,8 @@ def bootstrap_phis(data: Data, candidates: np.ndarray, best: np.ndarray, delta: 
     starts = replicate_starts(data, counts, candidates, best, delta)
     workers = default_workers() if workers is None else max(1, workers)
     per_job = 64 if backend == "numpy" else 8
-    n_jobs = max(1, min(workers, n_bootstrap // per_job))
+    work = n_bootstrap * starts.shape[1] * len(data.log_l)  # problems x observations
+    n_jobs = max(1, min(workers, n_bootstrap // per_job, work // MIN_WORK_PER_PROCESS))
     parts = np.array_split(np.arange(n_bootstrap), n_jobs)
     jobs = [(data, counts[p], starts[p], delta, lo, hi, backend) for p in parts]
     return np.concatenate(_map(_refit_chunk, jobs))
@@ -724,7 +728,8 @@ class ScalingFit:
     # -- intervals ------------------------------------------------------------------------------
     def _quantiles(self, values: np.ndarray) -> tuple[float, float]:
         tail = (1.0 - self.level) / 2.0
-        lo, hi = np.nanquantile(values, [tail, 1.0 - tail])
+        with np.errstate(invalid="ignore"):  # a runaway replicate (inf) makes that end of the interval inf / nan
+            lo, hi = np.nanquantile(values, [tail, 1.0 - tail])
         return float(lo), float(hi)
 
     def bootstrap_params(self) -> list[dict[str, float]]:
@@ -764,6 +769,12 @@ class ScalingFit:
         return compute_optimal(self.params, self.flops)
 
     def to_json(self) -> dict[str, Any]:
+        """fit.json: `identifiable` (quote a fit only when true) and `status`; E, A, B, alpha, beta, a, b (point
+        estimates) with `ci95` (bootstrap percentile intervals) and `compute_optimal` (+ its `ci95`);
+        `diagnostics` (reasons, warnings, convergence, at_bounds, near_ties, span_decades, profiles with their
+        flat_range and reaches_edge, allowed_ranges); `validation` (held-out error, its interval, runs); `constraints`
+        (fixed parameters with their source, shared exponents); `compute` (F(N) = k N^p and its source);
+        `n_convention`. Non-finite numbers are written as null."""
         ci = self.intervals()
         opt = self.compute_optimal()
         return _json_safe(dict(

@@ -79,7 +79,8 @@ def test_batched_bootstrap_matches_scalar_lbfgs_reference():
     np.testing.assert_allclose(fast[:, :3], slow[:, :3], atol=3e-2)
 
 
-def test_bootstrap_is_seeded_and_independent_of_worker_count():
+def test_bootstrap_is_seeded_and_independent_of_worker_count(monkeypatch):
+    monkeypatch.setattr(scaling, "MIN_WORK_PER_PROCESS", 1)  # two processes even for this small problem
     df = scaling.synthetic_table(TRUTH, 60, noise=0.01, seed=3)
     a = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=130, seed=5, workers=1, n_starts=8, **QUICK)
     b = scaling.fit_arrays(df.params, df.tokens, df.loss, n_bootstrap=130, seed=5, workers=2, n_starts=8, **QUICK)
