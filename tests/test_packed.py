@@ -111,3 +111,67 @@ def test_emit_puts_packable_points_in_one_job(tmp_path):
     spec = json.loads((tmp_path / "launch" / "pack-seed-0.json").read_text())
     assert [e["workdir"] for e in spec] == [str(tmp_path / "runs" / n) for n in ("seed-0", "seed-1")]
     assert "--array=0-0" in (tmp_path / "launch" / "slurm.sh").read_text()
+
+
+def test_a_non_finite_point_stops_alone():
+    """_record: the point whose loss is NaN is summarised as failed (at the step before) and dropped; the
+    other point's record goes on (a stand-in for the run bookkeeping records what it is given)."""
+    import types
+
+    import numpy as np
+
+    from mdiff.train import loop as loop_lib
+
+    class Book:
+        def __init__(self):
+            self.records, self.summaries = [], []
+            self.progress = types.SimpleNamespace(close=lambda: None)
+
+        def record(self, step, sums):
+            loss = float(sums["nelbo_sum"]) / float(sums["count"])
+            if not np.isfinite(loss):
+                raise loop_lib.NonFiniteLoss(step, loss, float(sums["grad_norm"]))
+            self.records.append((step, loss))
+
+        def summary(self, status, step, **extra):
+            self.summaries.append(dict(status=status, steps=step, **extra))
+            return self.summaries[-1]
+
+    points = [types.SimpleNamespace(active=True, loop=Book(), workdir=pathlib.Path(n)) for n in ("a", "b")]
+    summaries: dict = {}
+    good = {"nelbo_sum": np.array([2.0, 4.0]), "count": np.array([1.0, 2.0]), "grad_norm": np.array([1.0, 1.0])}
+    bad = {"nelbo_sum": np.array([3.0, np.nan]), "count": np.array([1.0, 2.0]), "grad_norm": np.array([1.0, np.nan])}
+    packed._record(points, 1, good, summaries)
+    packed._record(points, 2, bad, summaries)
+    packed._record(points, 3, good, summaries)
+    assert points[0].active and not points[1].active
+    assert points[0].loop.records == [(1, 2.0), (2, 3.0), (3, 2.0)]
+    assert points[1].loop.records == [(1, 2.0)]
+    assert summaries == {1: {"status": "failed", "steps": 1, "error": summaries[1]["error"], "failed_step": 2, "packed": 2}}
+
+
+KILL_AND_RESUME = """
+import json, os, pathlib, signal, subprocess, sys, time
+out = pathlib.Path({out!r})
+def spec(tag):
+    entries = [{{"config": {config!r}, "workdir": str(out / tag / f"s{{s}}"),
+                "overrides": [f"--config.seed={{s}}", "--config.train.checkpoint_async=False"]}} for s in (0, 1)]
+    path = out / f"{{tag}}.json"
+    path.write_text(json.dumps(entries))
+    return [sys.executable, "-m", "mdiff.train.packed", str(path)]
+out.mkdir(parents=True, exist_ok=True)
+subprocess.run(spec("whole"), check=True, capture_output=True)
+proc = subprocess.Popen(spec("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+while not all((out / "killed" / f"s{{s}}" / "checkpoints" / "4").exists() for s in (0, 1)):
+    time.sleep(0.05)
+proc.send_signal(signal.SIGKILL); proc.wait()
+subprocess.run(spec("killed"), check=True, capture_output=True)
+read = lambda p: [json.loads(l) for l in p.read_text().splitlines()]
+print(json.dumps({{t: [[(r["step"], r["loss"]) for r in read(out / t / f"s{{s}}" / "metrics.jsonl")] for s in (0, 1)] for t in ("whole", "killed")}}))
+"""
+
+
+@pytest.mark.slow
+def test_packed_job_resumes_exactly_after_sigkill(tmp_path):
+    result = json.loads(run_python(KILL_AND_RESUME.format(out=str(tmp_path), config=CONFIG), devices=1, timeout=1500).splitlines()[-1])
+    assert result["killed"] == result["whole"] and len(result["whole"][0]) >= 4
