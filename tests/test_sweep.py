@@ -176,7 +176,7 @@ def test_mesh_must_fit_devices(env):
     with pytest.raises(SweepError, match=r"fsdp-3: .*does not fit 2 devices"):
         msweep.expand(s)
     s = Sweep(config=f"{env}/exp.py:tiny", points=product(fixed("mesh.shape.data", 1), sweep("mesh.shape.tensor", [2, 3])), devices=2)
-    with pytest.raises(SweepError, match=r"tensor-3: mesh .* uses 3 devices"):
+    with pytest.raises(SweepError, match=r"tensor-3: config.mesh.shape=.* needs 3 devices, have 2"):
         msweep.expand(s)
 
 

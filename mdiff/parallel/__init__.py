@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from mdiff.errors import InputError
-from mdiff.parallel.defaults import MESH_AXES, parse_rules
+from mdiff.parallel.defaults import MESH_AXES, parse_rules, resolve_mesh_shape
 
 Rules = dict[str, Any]  # logical axis -> None | mesh axis | tuple of mesh axes
 
@@ -39,30 +39,8 @@ def _get(cfg: Any, key: str) -> Any:
 # Mesh
 # ---------------------------------------------------------------------------------------------
 def mesh_shape(shape_cfg: Mapping[str, int], n_devices: int) -> tuple[int, ...]:
-    """Resolve -1 and check the product against the device count; ordered as MESH_AXES."""
-    shape = {axis: int(shape_cfg[axis]) for axis in MESH_AXES}
-    fixed = math.prod(v for v in shape.values() if v != -1)
-    free = [a for a, v in shape.items() if v == -1]
-    if len(free) > 1:
-        raise ShardingError(f"config.mesh.shape={shape}: at most one axis may be -1")
-    if free:
-        if n_devices % fixed:
-            raise ShardingError(
-                f"config.mesh.shape={shape}: fixed axes need a multiple of {fixed} devices, have {n_devices}"
-            )
-        shape[free[0]] = n_devices // fixed
-    if math.prod(shape.values()) != n_devices:
-        raise ShardingError(
-            f"config.mesh.shape={shape} needs {math.prod(shape.values())} devices, have {n_devices}; "
-            f"shapes that fit: {_fitting_shapes(n_devices)}"
-        )
-    return tuple(shape[a] for a in MESH_AXES)
-
-
-def _fitting_shapes(n: int) -> str:
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    examples = [dict(data=n // (f * t), fsdp=f, tensor=t) for f in divisors for t in divisors if n % (f * t) == 0]
-    return "; ".join(str(e) for e in examples[:6]) + (" ..." if len(examples) > 6 else "") + " (or one axis -1)"
+    """The mesh shape on `n_devices` (-1 resolved, all devices used), ordered as MESH_AXES."""
+    return tuple(resolve_mesh_shape(shape_cfg, n_devices, ShardingError).values())
 
 
 def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import ml_collections
 
 from mdiff.config import ConfigDict, ConfigError, fail, register_validator
@@ -55,6 +58,41 @@ def _normalise_target(target: object) -> object:
     return target[0] if len(target) == 1 else (target or None)
 
 
+def check_mesh_shape(shape: Mapping[str, int], error: type[Exception] = ConfigError) -> dict[str, int]:
+    """The mesh shape's form, before devices are known: exactly MESH_AXES, each a positive int or -1
+    ("all remaining devices"), at most one -1. Returns it ordered as MESH_AXES."""
+    if set(shape) != set(MESH_AXES):
+        raise error(f"config.mesh.shape={dict(shape)}: must name exactly the axes {MESH_AXES}")
+    if sum(1 for v in shape.values() if v == -1) > 1:
+        raise error(f"config.mesh.shape={dict(shape)}: at most one axis may be -1 (all remaining devices)")
+    for axis, size in shape.items():
+        if size == 0 or size < -1:
+            raise error(f"config.mesh.shape.{axis}={size!r}: must be a positive int or -1")
+    return {axis: int(shape[axis]) for axis in MESH_AXES}
+
+
+def resolve_mesh_shape(shape: Mapping[str, int], devices: int, error: type[Exception] = ConfigError) -> dict[str, int]:
+    """The mesh shape on `devices` devices: the -1 axis takes what the fixed axes leave; all are used."""
+    shape = check_mesh_shape(shape, error)
+    fixed = math.prod(v for v in shape.values() if v != -1)
+    free = [axis for axis, v in shape.items() if v == -1]
+    if free:
+        if devices % fixed:
+            raise error(
+                f"config.mesh.shape={shape} does not fit {devices} devices: its fixed axes need a multiple of {fixed}"
+            )
+        shape[free[0]] = devices // fixed
+    elif fixed != devices:
+        raise error(f"config.mesh.shape={shape} needs {fixed} devices, have {devices}; shapes that fit: {_fitting_shapes(devices)}")
+    return shape
+
+
+def _fitting_shapes(n: int) -> str:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    examples = [dict(data=n // (f * t), fsdp=f, tensor=t) for f in divisors for t in divisors if n % (f * t) == 0]
+    return "; ".join(str(e) for e in examples[:6]) + (" ..." if len(examples) > 6 else "") + " (or one axis -1)"
+
+
 def mesh_defaults() -> ml_collections.ConfigDict:
     # -1 means "all remaining devices"; at most one axis may say so.
     return ml_collections.ConfigDict(dict(shape=dict(data=-1, fsdp=1, tensor=1), rules=default_rules()))
@@ -63,13 +101,7 @@ def mesh_defaults() -> ml_collections.ConfigDict:
 @register_validator("mesh")
 def validate_mesh(config: ConfigDict) -> None:
     shape = dict(config.mesh.shape)
-    if set(shape) != set(MESH_AXES):
-        fail("mesh.shape", shape, f"must name exactly the axes {MESH_AXES}")
-    if sum(1 for v in shape.values() if v == -1) > 1:
-        fail("mesh.shape", shape, "at most one axis may be -1 (all remaining devices)")
-    for axis, size in shape.items():
-        if size == 0 or size < -1:
-            fail(f"mesh.shape.{axis}", size, "must be a positive int or -1")
+    check_mesh_shape(shape)
     try:
         parse_rules(config.mesh.rules)
     except ValueError as err:

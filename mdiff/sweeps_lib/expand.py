@@ -140,15 +140,10 @@ def check_point(sweep: Sweep, point: Point) -> int:
 
 
 def mesh_sizes(shape: dict[str, int], devices: int) -> dict[str, int]:
-    """Resolve a mesh shape (at most one -1) against `devices`; the mesh must use them all."""
-    known = math.prod(v for v in shape.values() if v != -1)
-    if -1 in shape.values():
-        if devices % known:
-            raise SweepError(f"mesh {shape} does not fit {devices} devices ({devices} is not a multiple of {known})")
-        return {k: (devices // known if v == -1 else v) for k, v in shape.items()}
-    if known != devices:
-        raise SweepError(f"mesh {shape} uses {known} devices, but each run of this sweep has {devices}")
-    return dict(shape)
+    """The mesh shape on each run's `devices` (the one rule: mdiff.parallel.defaults.resolve_mesh_shape)."""
+    from mdiff.parallel.defaults import resolve_mesh_shape
+
+    return resolve_mesh_shape(shape, devices, SweepError)
 
 
 def check_fit(config: Any, devices: int, hosts: int = 1) -> None:
