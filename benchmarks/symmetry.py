@@ -3,6 +3,9 @@
   python benchmarks/symmetry.py            both SGM stages on digits (experiments/symmetry_digits.py:quick),
                                             throughput of each stage, invariance/likelihood/recovery results
   python benchmarks/symmetry.py --quick    a 1-minute smoke version of the same (fewer steps)
+  python benchmarks/symmetry.py --recovery SWEEP_DIR
+                                            the recovery table (per stage-1 recipe and seed, 95% intervals)
+                                            and recovery.png of a `mdiff sweep run symmetry:recovery` directory
   python benchmarks/symmetry.py --vae      adds the VAE vs AugVAE vs prototype-VAE test log-likelihood table
                                             over training-set sizes and seeds (mean, s.e., 95% interval, paired
                                             differences by seed; the paper's InvVAE weight beside them) and
@@ -152,6 +155,71 @@ def vae_table(sizes: list[int], seeds: list[int], steps: int, vae_steps: int, iw
             "best_and_stopped_step": stops, "cell_wall_s": wall, "plot": str(plot)}
 
 
+RECOVERY_KEYS = {  # (class, dimension, metric) -> column
+    "heart_rotation_w1_rel": "recovery/class0/rotation/w1_rel", "heart_rotation_q_slope": "recovery/class0/rotation/q_slope",
+    "ellipse_rotation_w1_rel": "recovery/class1/rotation/w1_rel",
+    "ellipse_rotation_q_slope": "recovery/class1/rotation/q_slope",
+    "heart_shift_x_w1_rel": "recovery/class0/shift_x/w1_rel", "heart_shift_y_w1_rel": "recovery/class0/shift_y/w1_rel",
+    "ellipse_shift_x_w1_rel": "recovery/class1/shift_x/w1_rel",
+    "ellipse_shift_y_w1_rel": "recovery/class1/shift_y/w1_rel",
+    "heart_rotation_w1_deg": "recovery/class0/rotation/w1", "ellipse_rotation_w1_deg": "recovery/class1/rotation/w1",
+}
+STAGE1_KEYS = ("symmetric", "invertibility", "blur_sigma_init", "aug_init_mult", "aug_end")
+
+
+def recovery_summary(sweep_dir: pathlib.Path) -> dict:
+    """Per stage-1 recipe (the inference keys that differ between recipes): every recovery figure per seed, its
+    mean and 95% t-interval over seeds, and the wall time of each run, from the run directories alone."""
+    groups: dict = {}
+    for run in sorted((sweep_dir / "runs").iterdir()):
+        summary_file, config_file = run / "summary.json", run / "config.json"
+        if not summary_file.exists():
+            continue
+        summary, config = json.loads(summary_file.read_text()), json.loads(config_file.read_text())
+        if summary.get("status") != "complete":
+            continue
+        recipe = ("symmetric" if config["inference"]["symmetric"] else "non-symmetric") + ", " + ", ".join(
+            f"{k}={config['inference'][k]}" for k in STAGE1_KEYS[1:])
+        group = groups.setdefault(recipe, {"seeds": [], "wall_s": [], "values": {}})
+        group["seeds"].append(config["seed"])
+        group["wall_s"].append(summary["wall_s"])
+        for name, key in RECOVERY_KEYS.items():
+            value = summary.get(key, float("nan"))
+            group["values"].setdefault(name, []).append(math.degrees(value) if name.endswith("_deg") else value)
+    for group in groups.values():
+        group["intervals"] = {k: interval(v) for k, v in group["values"].items() if len(v) > 1}
+    return groups
+
+
+def recovery_plot(groups: dict, path: pathlib.Path) -> None:
+    """Per recipe and seed: W1 / half-width of the hearts' and ellipses' rotation and q's rotation slope."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    cols = ("heart_rotation", "ellipse_rotation")
+    for r, (recipe, group) in enumerate(groups.items()):
+        label = recipe.split(",")[0] + (" + range schedule" if "aug_init_mult=0.1" in recipe else " (paper)")
+        for ax, metric in zip(axes, ("w1_rel", "q_slope")):
+            for c, col in enumerate(cols):
+                ys = group["values"][f"{col}_{metric}"]
+                ax.scatter([c + 0.15 * (r - 0.5)] * len(ys), ys, marker="o" if r == 0 else "s",
+                           color=f"C{r}", label=label if c == 0 else None)
+    axes[0].axhline(0.15, color="grey", ls=":", lw=1)
+    axes[0].set_ylabel("W1 / known half-width (0 = exact)")
+    axes[1].axhline(1.0, color="grey", ls=":", lw=1)
+    axes[1].set_ylabel("q rotation slope (1 = invariant prototypes)")
+    for ax in axes:
+        ax.set_xticks(range(len(cols)), ["heart (+-60 deg)", "ellipse (+-30 deg)"])
+    axes[0].legend(fontsize=7)
+    fig.suptitle("dSprites known: recovery of the rotation per seed", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short smoke run (150 + 150 steps)")
@@ -168,7 +236,16 @@ def main() -> None:
     parser.add_argument("--iw", type=int, default=100, help="importance samples of the test bound for --vae")
     parser.add_argument("--workdir", default=None,
                         help="keep the run directories (and the --vae plot) here (default: a temp dir)")
+    parser.add_argument("--recovery", metavar="SWEEP_DIR", default=None,
+                        help="only summarise a finished symmetry:recovery (or :unrotated) sweep directory: per "
+                             "recipe and seed, with 95%% intervals; writes recovery.png there")
     args = parser.parse_args()
+    if args.recovery:
+        sweep_dir = pathlib.Path(args.recovery)
+        groups = recovery_summary(sweep_dir)
+        recovery_plot(groups, sweep_dir / "recovery.png")
+        print(json.dumps({"benchmark": "symmetry_recovery", "groups": groups, "plot": str(sweep_dir / "recovery.png")}))
+        return
 
     t0 = time.time()
     root = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="mdiff_sgm_bench_"))
