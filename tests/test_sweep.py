@@ -168,7 +168,7 @@ def test_invalid_points_rejected_with_reasons(env):
     assert "3 of 4 points are invalid; nothing was run" in text
     assert "width-30" in text and "divisible by model.heads=4" in text
     assert "unknown config key 'model.nonsense'" in text
-    assert "batch-6" in text and "not divisible by the 4 devices" in text
+    assert "batch-6" in text and "must be divisible by data-parallel size 4" in text
 
 
 def test_mesh_must_fit_devices(env):
@@ -182,7 +182,7 @@ def test_mesh_must_fit_devices(env):
 
 def test_anti_masking_pairs_must_split_over_devices(env):
     s = Sweep(config=f"{env}/exp.py:tiny", points=product(fixed("diffusion.anti_masking", True), sweep("train.batch", [8, 12])), devices=4)
-    with pytest.raises(SweepError, match=r"(?s)1 of 2 points.*batch-12: .*not divisible by the 4 devices.*x 2 \(anti-masking pairs\)"):
+    with pytest.raises(SweepError, match=r"(?s)1 of 2 points.*batch-12: .*data-parallel size 4 x .* x 2 \(anti-masking pairs\)"):
         msweep.expand(s)
 
 

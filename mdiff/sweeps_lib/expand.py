@@ -159,17 +159,10 @@ def check_fit(config: Any, devices: int, hosts: int = 1) -> None:
     target = rules.get("batch")
     axes = (target,) if isinstance(target, str) else tuple(target or ())
     split = math.prod(sizes.get(a, 1) for a in axes)
+    from mdiff.train.defaults import check_batch_layout  # the trainer's own rule
+
+    check_batch_layout(config, split)
     micro = train.batch // max(1, train.get("microbatches", 1))
-    diffusion = config.get("diffusion")
-    pairs = 2 if diffusion is not None and diffusion.get("anti_masking", False) else 1  # mask + complement rows
-    if micro % (split * pairs):
-        raise SweepError(
-            f"config.train.batch={train.batch} (microbatch {micro}) is not divisible by the {split} devices "
-            f"of mesh axes {axes}" + (" x 2 (anti-masking pairs)" if pairs == 2 else "")
-        )
-    eval_rows = train.get("eval_batch", 0) or micro
-    if eval_rows % (split * pairs):
-        raise SweepError(f"config.train.eval_batch={eval_rows} is not divisible by the {split * pairs} data-parallel rows")
     if micro % hosts:
         raise SweepError(f"config.train.batch={train.batch} (microbatch {micro}) does not split over {hosts} hosts")
     _check_heads(config, sizes)

@@ -1,7 +1,7 @@
 """Defaults and checks for `config.train`.
 
 Checks that need the devices (the batch against the data-parallel size) run in the train loop
-before anything compiles (`mdiff.train.loop.check_batch_layout`).
+before anything compiles (`check_batch_layout`, which the sweep expander calls too).
 """
 
 from __future__ import annotations
@@ -54,3 +54,34 @@ def validate_train(config: ConfigDict) -> None:
             fail(f"train.{key}", t[key], "must be >= 0")
     if t.keep_checkpoints < 1:
         fail("train.keep_checkpoints", t.keep_checkpoints, "must be >= 1 (resume needs one)")
+
+
+def eval_batch_size(config: ConfigDict) -> int:
+    """Sequences per validation batch: train.eval_batch, or one micro-batch of the training batch."""
+    return config.train.eval_batch or config.train.batch // config.train.microbatches
+
+
+def check_batch_layout(config: ConfigDict, data_parallel: int) -> None:
+    """The one batch-divisibility rule: the physical batch splits into train.microbatches micro-batches
+    whose rows split evenly over the `data_parallel` devices of the batch's mesh axes (in pairs with
+    anti-masking); validation batches split the same way."""
+    t = config.train
+    group = 2 if config.diffusion.anti_masking else 1
+    pairs = " x 2 (anti-masking pairs)" if group == 2 else ""
+    unit = data_parallel * t.microbatches * group
+    if t.batch % unit:
+        fits = [b for b in (t.batch - t.batch % unit, t.batch - t.batch % unit + unit) if b > 0]
+        fail(
+            "train.batch",
+            t.batch,
+            f"must be divisible by data-parallel size {data_parallel} x train.microbatches={t.microbatches}{pairs} "
+            f"= {unit}; e.g. train.batch={' or '.join(map(str, fits))}",
+        )
+    eval_rows, unit = eval_batch_size(config), data_parallel * group
+    if eval_rows % unit:
+        fail(
+            "train.eval_batch",
+            eval_rows,
+            f"must be divisible by data-parallel size {data_parallel}{pairs}; "
+            f"e.g. train.eval_batch={max(unit, eval_rows - eval_rows % unit)}",
+        )

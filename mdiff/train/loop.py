@@ -37,6 +37,7 @@ from mdiff.optim.adamw import make_optimizer
 from mdiff.optim.schedule import host_lr
 from mdiff.train import distributed, mfu, sharding, step as step_lib
 from mdiff.train.checkpoint import Checkpointer
+from mdiff.train.defaults import check_batch_layout, eval_batch_size
 from mdiff.train.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -61,32 +62,6 @@ class Run:
     batch_sharding: Any
     counts: dict[str, int]
     flops_per_token: float
-
-
-def check_batch_layout(config: Any, dp: int) -> None:
-    """Physical batch vs data-parallel size x micro-batches (x 2 with anti-masking pairs)."""
-    t = config.train
-    group = 2 if config.diffusion.anti_masking else 1
-    unit = dp * t.microbatches * group
-    if t.batch % unit:
-        fits = [b for b in (t.batch - t.batch % unit, t.batch - t.batch % unit + unit) if b > 0]
-        raise ConfigError(
-            f"config.train.batch={t.batch}: must be divisible by data-parallel size {dp} x train.microbatches="
-            f"{t.microbatches}" + (" x 2 (anti-masking pairs)" if group == 2 else "") + f" = {unit}; "
-            f"e.g. train.batch={' or '.join(map(str, fits))}"
-        )
-    eval_rows = eval_batch_size(config)
-    if eval_rows % (dp * group):
-        unit = dp * group
-        raise ConfigError(
-            f"config.train.eval_batch={eval_rows}: must be divisible by data-parallel size {dp}"
-            + (" x 2 (anti-masking pairs)" if group == 2 else "")
-            + f"; e.g. train.eval_batch={max(unit, eval_rows - eval_rows % unit)}"
-        )
-
-
-def eval_batch_size(config: Any) -> int:
-    return config.train.eval_batch or config.train.batch // config.train.microbatches
 
 
 def setup(config: Any, workdir: pathlib.Path, vocab: Any, devices: list | None = None) -> Run:
