@@ -156,6 +156,7 @@ def _coordinates(width: int, on: bool, steps: int = 3) -> tuple[list[float], lis
         u, opt = tx.update(g, opt, p)
         return jax.tree.map(jnp.add, p, u), opt
 
+    @jax.jit
     def outputs(p):
         return _layer_outputs(nnx.merge(graphdef, _state(params, p)), batch)
 
