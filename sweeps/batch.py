@@ -5,8 +5,8 @@ so the loss should stay flat in the physical batch up to B_crit = D / (L S_crit)
 the base values are used as they are at every batch, and the loss has an optimum in B that moves with D
 (B* = B_base (D/D_base)^gamma, which is how analysis/batch.py measures gamma from the naive runs). The
 warm-up is the same number of tokens at every point (not a fraction of the steps, not capped in steps), so
-the comparison across batches is not confounded by warm-ups of different lengths. Seeds vary slowest: a
-partial sweep holds every point once, and later seeds reuse the compiled programs.
+the comparison across batches is not confounded by warm-ups of different lengths. The seeds of a point
+differ only in the seed, so the runner trains them packed in one process (mdiff.train.packed).
 
 Variants:
   cpu   cpu-xs, batches 4, 16, 64 x horizons of 25 and 100 steps at the base batch 16 (51,200 and 204,800
@@ -42,6 +42,8 @@ def get_sweep(variant: str) -> Sweep:
             sweep("train.tokens", [25 * CPU_STEP_TOKENS, 100 * CPU_STEP_TOKENS]),
             sweep("train.batch", [4, 16, 64]),
         )
+        # Run order: the reparameterised curves first, the shorter horizon first (what a partial sweep shows).
+        points.sort(key=lambda p: (not p["optim.reparameterise"], p["train.tokens"], p["train.batch"], p["seed"]))
         return Sweep(config="experiments/quickstart.py:cpu-xs", points=points, common=CPU_COMMON,
                      description="loss vs physical batch, naive vs reparameterised")  # fmt: skip
     points = product(
