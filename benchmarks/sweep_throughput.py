@@ -46,17 +46,22 @@ def run_sequential(config: str, seeds: list[int], steps: int, variant: str, out:
     todo = list(seeds)
     active: list[subprocess.Popen] = []
     start = time.perf_counter()
-    while todo or active:
-        while todo and len(active) < parallel:
-            seed = todo.pop(0)
-            argv = [sys.executable, "-m", "mdiff", "train", "--config", config, "--workdir", str(out / f"seed{seed}"),
-                    *point_overrides(seed, steps, variant)]
-            active.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        time.sleep(0.2)
-        for proc in [p for p in active if p.poll() is not None]:
-            active.remove(proc)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{proc.args}: exit {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+    try:
+        while todo or active:
+            while todo and len(active) < parallel:
+                seed = todo.pop(0)
+                argv = [sys.executable, "-m", "mdiff", "train", "--config", config, "--workdir", str(out / f"seed{seed}"),
+                        *point_overrides(seed, steps, variant)]
+                active.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            time.sleep(0.2)
+            for proc in [p for p in active if p.poll() is not None]:
+                active.remove(proc)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{proc.args}: exit {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+    finally:  # interrupted or failed: leave no trainer behind
+        for proc in active:
+            proc.kill()
+            proc.wait()
     return time.perf_counter() - start
 
 
