@@ -10,7 +10,8 @@ everything else (attention, MLP, norms) is *non-embedding*. This matches the pil
 
 FLOPs per token (training, forward + backward), the usual dense-transformer count: 6 * N_matmul + 12 * L * D * S,
 where N_matmul = L * (4 D^2 + k D F) + D * V_padded counts every weight that multiplies each token
-(k = 3 for SwiGLU, 2 for GELU; the head really computes all V_padded logits) and 12 L D S counts
+(k = 3 for SwiGLU, 2 for GELU; the head counts all V_padded logits, as model.head=full computes them;
+model.head=targets computes fewer, so this is a convention, not a measurement) and 12 L D S counts
 Q K^T and P V. Gathers (embeddings), norms, RoPE, softmax and the optimiser are not counted.
 
 The one compute model every run records and every analysis reads (summary.json and results.csv):
