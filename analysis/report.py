@@ -198,7 +198,7 @@ def diagnostics_table(fit: scaling.ScalingFit) -> pd.DataFrame:
     elif v:
         band = f"; {v['inside_prediction_band']} of {v['held_out']} inside the 95% prediction band" if "inside_prediction_band" in v else ""
         rows.append(dict(check="validation by extrapolation",
-                         result=f"{v['rule']}: mean |error| {100 * v['mean_abs_rel_error']:.2f}% "
+                         result=f"{v['rule']}: mean abs error {100 * v['mean_abs_rel_error']:.2f}% "
                                 f"{_interval([100 * x for x in v['mean_abs_rel_error_ci']]) + '%' if 'mean_abs_rel_error_ci' in v else ''}"
                                 f"{band}" + ("" if v.get("train_identifiable", True) else " (the reduced fit is not identifiable)")))
     return pd.DataFrame(rows)

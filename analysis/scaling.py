@@ -18,6 +18,7 @@ Diagnostics (`ScalingFit.diagnostics`; the verdict `identifiable` and its reason
 * convergence of every start; parameters at a given bound; the E / A / B terms degenerate over the data;
 * near-tied optima: other local optima inside the 95% profile threshold that disagree with the best one;
 * the span of N and D in decades;
+* an exponent whose 95% bootstrap interval is wider than the exponent itself;
 * profiles of the objective over E, alpha and beta (the other parameters refitted at each value). The
   threshold is a profile-likelihood one: with the objective read as the scale of a Laplace likelihood of the
   log residuals (for |r| >> delta it is mean |r|), a value is allowed while
@@ -79,6 +80,8 @@ E_EDGE_FRACTION = 1e-3  # the E profile runs over [E_EDGE_FRACTION, 0.999] x the
 PROFILE_POINTS = 26
 TERM_CHANGE_MIN = 0.05  # A/N^alpha must change by more than 5% across the runs' N (likewise B/D^beta over D)
 TIE_ALPHA, TIE_LOG_E = 0.05, np.log(1.25)  # near-tied optima "disagree" beyond these differences
+MAX_RELATIVE_WIDTH = 1.0  # an exponent's bootstrap interval wider than the exponent: not determined
+MIN_BOOTSTRAP_FOR_WIDTH = 20  # replicates needed before that rule applies
 MIN_SPAN_DECADES = 1.0  # below this the fit is flagged as an extrapolation risk (a warning, not a verdict)
 EMBEDDING_HEAVY_RATIO = 1.25  # total / non-embedding parameters above this: fit both conventions
 
@@ -667,7 +670,8 @@ def diagnose(data: Data, layout: Layout, starts: list[Start], candidates: np.nda
         optimal = [compute_optimal(to_params(t), flops) for t in allowed]
         ranges = {name: [float(min(_natural(name, v) for v in allowed[:, j])), float(max(_natural(name, v) for v in allowed[:, j]))]
                   for j, name in enumerate(PARAMS)}
-        ranges["a"] = [float(np.nanmin([o["a"] for o in optimal])), float(np.nanmax([o["a"] for o in optimal]))]
+        for key in ("a", "b"):
+            ranges[key] = [float(np.nanmin([o[key] for o in optimal])), float(np.nanmax([o[key] for o in optimal]))]
         reasons = list(dict.fromkeys(reasons))
         out.append(dict(
             identifiable=not reasons,
@@ -851,6 +855,21 @@ def _fit_data(data: Data, layout: Layout, *, delta: float, lo: np.ndarray, hi: n
     return best, boot, diag
 
 
+def _interval_reasons(diag: dict[str, Any], theta: np.ndarray, boot: np.ndarray, level: float) -> None:
+    """An exponent whose bootstrap interval is wider than the exponent itself is not determined by the data."""
+    if not diag or len(boot) < MIN_BOOTSTRAP_FOR_WIDTH:
+        return
+    tail = (1 - level) / 2
+    for j, name in ((3, "alpha"), (4, "beta")):
+        if np.ptp(boot[:, j]) == 0:  # fixed
+            continue
+        lo, hi = np.quantile(boot[:, j], [tail, 1 - tail])
+        if hi - lo > abs(theta[j]) * MAX_RELATIVE_WIDTH:
+            diag["reasons"].append(f"the {level:.0%} bootstrap interval of {name}, [{_fmt(lo)}, {_fmt(hi)}], is wider than "
+                                   f"{name} itself ({_fmt(theta[j])}): the data do not determine it")
+            diag["identifiable"] = False
+
+
 def _views(data: Data, layout: Layout, best: Start, boot: np.ndarray, diag: list[dict], *, delta: float, n_bootstrap: int,
            seed: int, level: float, flops: FlopsModel, constraints: dict, n_label: str) -> dict[str, ScalingFit]:
     ok = np.isfinite(boot).all(axis=1)
@@ -858,6 +877,7 @@ def _views(data: Data, layout: Layout, best: Start, boot: np.ndarray, diag: list
     fits = {}
     for g, column in enumerate(layout.groups):
         theta = layout.theta(best.phi, g)
+        _interval_reasons(diag[g], theta, layout.theta(boot[ok], g), level)
         mask = data.group == g
         residuals = data.log_l[mask] - predict_log_loss(theta, data.log_n[mask], data.log_d[mask])
         fits[column] = ScalingFit(
