@@ -43,11 +43,10 @@ class Corpus:
         return getattr(self, name)
 
     def example_length(self, name: str) -> int:
-        """Positions one example of a stream takes (the text stream: its shortest segment)."""
-        if name == "text":
-            return 2
-        target = self.image_tokens if name == "image" else self.audio_slot
-        return 1 + (self.text_slot + 2) + (target + 2)
+        """Positions one example of a stream of this corpus takes (mdiff.data.layout's rule)."""
+        from mdiff.data.layout import stream_example_length
+
+        return stream_example_length(name, text_slot=self.text_slot, image_tokens=self.image_tokens, audio_slot=self.audio_slot)
 
 
 class MappedStream:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 
 from mdiff.config import ConfigDict, fail, register_validator
@@ -53,22 +55,16 @@ def data_defaults() -> ml_collections.ConfigDict:
 
 
 def example_lengths(data: ConfigDict) -> dict[str, int]:
-    """Positions one example of each stream takes (all tasks of a stream have the same length)."""
-    tok = data.tokenizer
-    text_slot, audio_slot = data.slots.text, data.slots.audio
-    return {
-        "text": 2,  # the shortest text segment: task token plus one token
-        "image": 1 + (text_slot + 2) + (tok.image_tokens + 2),
-        "audio": 1 + (text_slot + 2) + (audio_slot + 2),
-    }
+    """Positions one example of each stream takes with this config's slots (mdiff.data.layout's rule)."""
+    from mdiff.data.layout import stream_example_length
+
+    slots = dict(text_slot=data.slots.text, image_tokens=data.tokenizer.image_tokens, audio_slot=data.slots.audio)
+    return {name: stream_example_length(name, **slots) for name in MODALITIES}
 
 
-@register_validator("data")
-def validate_data(config: ConfigDict) -> None:
-    data = config.data
-    if data.seq_len < 8:
-        fail("data.seq_len", data.seq_len, "must be at least 8")
-    mix = dict(data.mix)
+def check_mix(mix: Any) -> dict[str, float]:
+    """The one data.mix rule: known streams, fractions >= 0 summing to 1. Returns every stream's fraction."""
+    mix = dict(mix)
     unknown = sorted(set(mix) - set(MODALITIES))
     if unknown:
         fail("data.mix", mix, f"unknown stream(s) {unknown}; streams are {', '.join(MODALITIES)}")
@@ -78,6 +74,26 @@ def validate_data(config: ConfigDict) -> None:
     total = sum(mix.values())
     if abs(total - 1.0) > 1e-6:
         fail("data.mix", mix, f"fractions must sum to 1 (they sum to {total:.6g})")
+    return {name: float(mix.get(name, 0.0)) for name in MODALITIES}
+
+
+def check_seq_len_fits(seq_len: int, lengths: dict[str, int], mix: dict[str, float], where: str) -> None:
+    """Every stream with a positive fraction fits one example into data.seq_len (`where` names the source)."""
+    for name, weight in mix.items():
+        if weight > 0 and lengths[name] > seq_len:
+            fail(
+                "data.seq_len",
+                seq_len,
+                f"too short for a {name} example {where} ({lengths[name]} positions); use >= {lengths[name]} or set data.mix.{name}=0",
+            )
+
+
+@register_validator("data")
+def validate_data(config: ConfigDict) -> None:
+    data = config.data
+    if data.seq_len < 8:
+        fail("data.seq_len", data.seq_len, "must be at least 8")
+    mix = check_mix(data.mix)
     for key in ("i2t_fraction", "s2t_fraction"):
         if not 0.0 <= data[key] <= 1.0:
             fail(f"data.{key}", data[key], "must lie in [0, 1]")
@@ -104,12 +120,4 @@ def validate_data(config: ConfigDict) -> None:
         if data.slots[key] < 1:
             fail(f"data.slots.{key}", data.slots[key], "must be >= 1")
     if data.dataset != "synthetic":
-        need = example_lengths(data)
-        for name, weight in mix.items():
-            if weight > 0 and need[name] > data.seq_len:
-                fail(
-                    "data.seq_len",
-                    data.seq_len,
-                    f"too short for a {name} example ({need[name]} positions with data.slots={dict(data.slots)});"
-                    f" use >= {need[name]} or set data.mix.{name}=0",
-                )
+        check_seq_len_fits(data.seq_len, example_lengths(data), mix, f"with data.slots={dict(data.slots)}")

@@ -49,9 +49,19 @@ class LayoutError(InputError):
 
 
 def example_length(task: str, cond_len: int, target_len: int) -> int:
+    """Positions one example of `task` takes: the task token, then the condition and target each framed by
+    BEGIN/END (text: the task token and the target alone)."""
     if task == "text":
         return 1 + target_len
     return 1 + (cond_len + 2) + (target_len + 2)
+
+
+def stream_example_length(stream: str, *, text_slot: int, image_tokens: int, audio_slot: int) -> int:
+    """Positions one example of a stream takes (every task of a stream has the same length; the text
+    stream's shortest segment is the task token plus one token)."""
+    if stream == "text":
+        return example_length("text", 0, 1)
+    return example_length("t2i", text_slot, image_tokens if stream == "image" else audio_slot)
 
 
 def layout_example(

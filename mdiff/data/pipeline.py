@@ -33,6 +33,7 @@ import numpy as np
 
 from mdiff.config import ConfigDict, ConfigError
 from mdiff.data.corpus import STREAMS, Corpus, _h, synthetic_corpus
+from mdiff.data.defaults import check_mix, check_seq_len_fits
 from mdiff.data.errors import DataError
 from mdiff.data.layout import LayoutError, layout_example, pack
 from mdiff.vocab import Modality, UnifiedVocab
@@ -374,24 +375,12 @@ def make_pipeline(
 
 def make_spec(config: ConfigDict, corpus: Corpus, num_lanes: int) -> dict[str, Any]:
     data = config.data
-    mix = {name: float(data.mix.get(name, 0.0)) for name in STREAMS}
-    extra = sorted(set(data.mix) - set(STREAMS))
-    if extra:
-        raise ConfigError(f"config.data.mix={dict(data.mix)}: unknown stream(s) {extra}; streams are {', '.join(STREAMS)}")
-    if any(v < 0 for v in mix.values()) or abs(sum(mix.values()) - 1.0) > 1e-6:
-        raise ConfigError(f"config.data.mix={mix}: fractions must be >= 0 and sum to 1 (they sum to {sum(mix.values()):.6g})")
+    mix = check_mix(data.mix)
     seq_len = int(data.seq_len)
     for name, weight in mix.items():
-        if weight <= 0:
-            continue
-        if len(corpus.stream(name)) == 0:
+        if weight > 0 and len(corpus.stream(name)) == 0:
             raise PipelineError(f"config.data.mix.{name}={weight} but {corpus.name or 'the dataset'} has no {name} examples")
-        need = corpus.example_length(name)
-        if need > seq_len:
-            raise ConfigError(
-                f"config.data.seq_len={seq_len}: too short for a {name} example of {corpus.name} ({need} positions);"
-                f" use >= {need} or set data.mix.{name}=0"
-            )
+    check_seq_len_fits(seq_len, {name: corpus.example_length(name) for name in STREAMS}, mix, f"of {corpus.name or 'the dataset'}")
     return {
         "seed": int(config.seed),
         "seq_len": seq_len,
