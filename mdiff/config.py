@@ -149,22 +149,36 @@ def variants_of(module: Any) -> tuple[str, ...]:
     return tuple(getattr(module, "VARIANTS", ()))
 
 
+def call_variant(
+    module: Any, function: str, variant: str, *, what: str, spec: str, path: pathlib.Path,
+    error: type[InputError] = ConfigError, **kwargs: Any,
+) -> tuple[str, Any]:
+    """The one `FILE.py:VARIANT` rule (configs and sweeps): `module.function(variant, **kwargs)`, where no
+    variant means the file's first in VARIANTS, an unknown one is refused, and an exception the file raises
+    becomes one line naming the file and line. Returns (the variant used, the result)."""
+    if not hasattr(module, function):
+        raise error(f"{what} file {str(path)!r} defines no {function}(variant)")
+    known = variants_of(module)
+    variant = variant or (known[0] if known else "")
+    if known and variant not in known:
+        raise error(f"{what} {spec!r}: unknown variant {variant!r}; known: {', '.join(known)}")
+    try:
+        return variant, getattr(module, function)(variant, **kwargs)
+    except error:
+        raise
+    except TypeError as e:
+        if not kwargs:
+            raise error(f"{what} {spec!r}: {function}({variant!r}) raised {describe_exception(e, path)}") from None
+        raise error(f"{what} {spec!r}: {function} does not take {sorted(kwargs)} ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a bug in the file: one line naming where
+        raise error(f"{what} {spec!r}: {function}({variant!r}) raised {describe_exception(e, path)}") from None
+
+
 def load_config(spec: str, overrides: Sequence[str] = (), *, check: bool = True) -> ConfigDict:
     """Build the config `FILE.py:VARIANT`, apply overrides, validate, and lock it."""
     parsed = parse_spec(spec)
     module = _import_file(parsed.path)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {str(parsed.path)!r} defines no get_config(variant)")
-    known = variants_of(module)
-    variant = parsed.variant or (known[0] if known else "")
-    if known and variant not in known:
-        raise ConfigError(f"config {str(parsed.path)!r}: unknown variant {variant!r}; known: {', '.join(known)}")
-    try:
-        config = module.get_config(variant)
-    except ConfigError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"config {spec!r}: get_config({variant!r}) raised {describe_exception(e, parsed.path)}") from None
+    _, config = call_variant(module, "get_config", parsed.variant, what="config", spec=spec, path=parsed.path)
     if not isinstance(config, ConfigDict):
         raise ConfigError(f"config {spec!r}: get_config returned {type(config).__name__}, not a ConfigDict")
     apply_overrides(config, overrides)
@@ -188,7 +202,8 @@ def parse_override(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _parse_value(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
+    """A command-line value as Python: a literal if it parses as one, else the bare string."""
     try:
         return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
@@ -255,7 +270,7 @@ def apply_overrides(config: ConfigDict, overrides: Iterable[str] | dict[str, Any
     if isinstance(overrides, dict):
         items = list(overrides.items())
     else:
-        items = [(k, _parse_value(v)) for k, v in map(parse_override, overrides)]
+        items = [(k, parse_value(v)) for k, v in map(parse_override, overrides)]
     for key, value in items:
         set_key(config, key, value)
     return config

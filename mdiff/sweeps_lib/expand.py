@@ -7,7 +7,7 @@ import math
 import pathlib
 from typing import Any
 
-from mdiff.config import describe_exception, import_python_file
+from mdiff.config import call_variant, import_python_file
 from mdiff.sweeps_lib.define import Point, Sweep, SweepError, override_args, point_name, short_keys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
@@ -60,23 +60,7 @@ def load_sweep(spec: str) -> Sweep:
         path = SWEEPS_DIR / f"{file_part}.py"
     if not path.is_file():
         raise SweepError(f"sweep {spec!r}: no file {str(path)!r}; shipped sweeps: {', '.join(available_sweeps())}")
-    module = _import(path)
-    variants = tuple(getattr(module, "VARIANTS", ()))
-    if not hasattr(module, "get_sweep"):
-        raise SweepError(f"sweep file {str(path)!r} defines no get_sweep(variant)")
-    variant = variant or (variants[0] if variants else "")
-    if variants and variant not in variants:
-        raise SweepError(f"sweep {spec!r}: unknown variant {variant!r}; known: {', '.join(variants)}")
-    try:
-        result = module.get_sweep(variant, **kwargs)
-    except SweepError:
-        raise
-    except TypeError as e:
-        if not kwargs:
-            raise SweepError(f"sweep {spec!r}: get_sweep({variant!r}) raised {describe_exception(e, path)}") from None
-        raise SweepError(f"sweep {spec!r}: get_sweep does not take {sorted(kwargs)} ({e})") from None
-    except Exception as e:  # noqa: BLE001 - a bug in the sweep file: one line naming where
-        raise SweepError(f"sweep {spec!r}: get_sweep({variant!r}) raised {describe_exception(e, path)}") from None
+    variant, result = call_variant(_import(path), "get_sweep", variant, what="sweep", spec=spec, path=path, error=SweepError, **kwargs)
     if not isinstance(result, Sweep):
         raise SweepError(f"sweep {spec!r}: get_sweep returned {type(result).__name__}, not a Sweep")
     result.name = f"{path.stem}:{','.join([variant, *arg_items])}" if variant else path.stem
@@ -127,11 +111,11 @@ def check_point(sweep: Sweep, point: Point) -> int:
 
     Returns the planned token horizon (0 for configs without one).
     """
-    from mdiff.config import _parse_value, load_config
+    from mdiff.config import load_config, parse_value
 
     for key, text in zip(point, override_args(point)):
         value = point[key]
-        if _parse_value(text.partition("=")[2]) != value and not isinstance(value, (tuple, list, str)):
+        if parse_value(text.partition("=")[2]) != value and not isinstance(value, (tuple, list, str)):
             raise SweepError(f"{key}={value!r} does not survive the command line (parses back differently)")
     config = load_config(sweep.config, override_args({**sweep.common, **point}))
     check_fit(config, sweep.devices, sweep.hosts)
