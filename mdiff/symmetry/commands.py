@@ -49,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
                               "mdiff symmetry train needs a symmetry config (experiments/symmetry_*.py)")
         from mdiff.symmetry.train import train_and_evaluate
 
-        summary = train_and_evaluate(config, args.workdir, resume=args.resume, overwrite=args.overwrite)
+        try:
+            summary = train_and_evaluate(config, args.workdir, resume=args.resume, overwrite=args.overwrite)
+        finally:
+            from mdiff.rundir import release_workdir
+
+            release_workdir(args.workdir)  # the lock prepare_workdir took for this run
     except (ConfigError, WorkdirError, TransformError) as e:
         print(f"mdiff symmetry {command}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
