@@ -18,7 +18,7 @@ from mdiff.defaults import base_config
 from mdiff.optim import completep, sde
 from mdiff.optim.adamw import make_optimizer
 
-BASE_WIDTH, BASE_DEPTH = 32, 2
+BASE_WIDTH, BASE_DEPTH = 64, 2
 
 
 def _optim_config(*, on: bool, scaling: str = "sqrt", weight_decay: float = 0.1, lr: float = 1e-2, alpha: float = 1.0):
@@ -27,7 +27,11 @@ def _optim_config(*, on: bool, scaling: str = "sqrt", weight_decay: float = 0.1,
     o.completep, o.weight_decay_scaling, o.weight_decay, o.lr = on, scaling, weight_decay, lr
     o.width_base, o.depth_base, o.depth_alpha = BASE_WIDTH, BASE_DEPTH, alpha
     o.reparameterise, o.clip, o.warmup, o.warmup_steps_max, o.eps = False, 0.0, 0.0, 0, 1e-12
-    c.train.batch, c.data.seq_len, c.train.tokens = 4, 32, 4 * 32 * 100
+    # One row of 16 text tokens: the check needs width >> tokens per step (muP's regime: an update's
+    # rank is at most the batch's tokens, so its effect on an input is coherent over all fan_in weights
+    # only when fan_in exceeds them); at 128 tokens and widths 32-64 the changes measured shrank ~d^-1/2.
+    c.train.batch, c.data.seq_len, c.train.tokens = 1, 16, 16 * 100
+    c.data.mix = dict(text=1.0, image=0.0, audio=0.0)
     return c
 
 
@@ -96,7 +100,7 @@ def _model(width: int, on: bool, seed: int = 0):
     cfg = dict(width=width, depth=BASE_DEPTH, heads=width // 32, mlp_hidden=4 * width)
     optim = _optim_config(on=on).optim
     overrides = completep.model_overrides(width, BASE_DEPTH, optim)
-    return build_model(cfg, SYNTHETIC_VOCAB, 32, rngs=nnx.Rngs(seed), **overrides), SYNTHETIC_VOCAB
+    return build_model(cfg, SYNTHETIC_VOCAB, 16, rngs=nnx.Rngs(seed), **overrides), SYNTHETIC_VOCAB
 
 
 @pytest.mark.parametrize("on", [True, False])
@@ -188,7 +192,7 @@ def _restricted(logits, batch, vocab):
     return jnp.where(batch["modality"][..., None] == 1, logits[..., lo:hi], 0.0)
 
 
-WIDTHS = (32, 64, 128, 256)
+WIDTHS = (64, 128, 256, 512)
 
 
 def _slopes(on: bool) -> tuple[np.ndarray, np.ndarray]:
