@@ -437,6 +437,8 @@ def schedules_section(ctx: Context) -> Section | None:
     common = schedules.common_estimate(ctx.report_dir.parent, ctx.df)
     if not common.empty:
         ctx.outputs["schedules_common_estimator"] = common.to_dict(orient="records")
+        frame = common.assign(schedule=common.trained, loss_column=["loss" if m == "all" else f"loss_{m}" for m in common.modality])
+        images += ctx.rel(plots.schedules(frame, ctx.figure("schedules_common_estimator")))
         tables.append(("NELBO of each trained model under one estimator (`mdiff nelbo` reference schedule, same tokens "
                        "and noise for every run; 95% t-interval over seeds, mc_se = Monte Carlo error)", common))
     quality = schedules.sample_quality(ctx.report_dir.parent, ctx.df)

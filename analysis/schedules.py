@@ -187,6 +187,7 @@ def plot_invariance(inv: pd.DataFrame, out: str | pathlib.Path) -> list[pathlib.
     """One panel per modality: each schedule's paired NELBO difference from the reference (95% interval), per run."""
     from analysis import plots
 
+    inv = inv[inv.groupby("run").schedule.transform("nunique") > 1]  # runs scored under one schedule only add zeros
     with plots.plt.rc_context(plots.STYLE):
         modalities = list(dict.fromkeys(inv.modality))
         schedules_ = list(dict.fromkeys(inv.schedule))
