@@ -28,7 +28,8 @@ RESULTS_FILE = "results.csv"
 METRIC_COLUMNS = ("params", "params_nonembedding", "params_total", "tokens", "tokens_processed", "flops", "flops_per_token", "loss", "loss_text", "loss_image", "loss_audio")
 # The optimiser values a run actually used (summary.json `plan`, after the batch reparameterisation), and the
 # configured starting values the batch analysis compares with its measurements (config.json optim.*).
-PLAN_COLUMNS = ("kappa", "lr", "b1", "b2", "eps", "weight_decay", "steps", "warmup_steps", "warmup_tokens", "steps_critical")
+PLAN_COLUMNS = ("kappa", "lr", "b1", "b2", "eps", "weight_decay", "steps", "warmup_steps", "warmup_tokens", "steps_critical",
+                "seq_len")
 CONFIGURED_COLUMNS = ("optim.gamma",)
 # Run states, from the sweep's point of view.
 COMPLETE, FAILED, RUNNING, PARTIAL, PENDING = "complete", "failed", "running", "partial", "pending"
