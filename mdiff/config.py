@@ -13,7 +13,7 @@ import importlib.util
 import json
 import pathlib
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -291,10 +291,19 @@ def from_dict(d: dict[str, Any]) -> ConfigDict:
     return ConfigDict(d)
 
 
-def get(config: ConfigDict, dotted: str, default: Any = None) -> Any:
+def get(config: Any, dotted: str, default: Any = None) -> Any:
+    """The one way to read a (dotted) key from a ConfigDict, a dict or an attribute object; `default` if absent."""
     node: Any = config
     for part in dotted.split("."):
-        if not isinstance(node, (ConfigDict, dict)) or part not in node:
-            return default
-        node = node[part]
+        if isinstance(node, (ConfigDict, Mapping)):
+            if part not in node:
+                return default
+            node = node[part]
+        else:
+            node = getattr(node, part, _ABSENT)
+            if node is _ABSENT:
+                return default
     return node
+
+
+_ABSENT = object()

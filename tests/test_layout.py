@@ -77,7 +77,7 @@ MAY_IMPORT = {
     "mdiff.defaults": CORE | STACK | {"mdiff.train"},
     "mdiff.eval": CORE | STACK | {"mdiff.train", "mdiff.defaults"},
     "mdiff.symmetry": CORE,
-    **{name: CORE | SWEEPS | {"mdiff.data", "mdiff.model", "mdiff.train", "mdiff.eval"} for name in SWEEPS},
+    **{name: CORE | SWEEPS | {"mdiff.parallel", "mdiff.data", "mdiff.model", "mdiff.train", "mdiff.eval"} for name in SWEEPS},
     "analysis": CORE | {"mdiff.data", "mdiff.train", "mdiff.eval"},
     "sweeps": SWEEPS | {"mdiff.vocab"},
 }

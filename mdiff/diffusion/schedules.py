@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mdiff.config import get
 from mdiff.errors import InputError
 from mdiff.vocab import MODALITY_BY_NAME, Modality
 
@@ -217,7 +218,7 @@ def modality_schedules(diffusion_cfg: Any) -> dict[Modality, Schedule]:
 
     A single string applies to every modality.
     """
-    spec = diffusion_cfg.schedule if hasattr(diffusion_cfg, "schedule") else diffusion_cfg["schedule"]
+    spec = get(diffusion_cfg, "schedule")
     if isinstance(spec, str):
         return {m: get_schedule(spec) for m in MODALITY_BY_NAME.values()}
     spec = dict(spec)

@@ -6,6 +6,7 @@ from typing import Any
 
 from flax import nnx
 
+from mdiff.config import get
 from mdiff.vocab import MODALITIES, UnifiedVocab
 from mdiff.model.scaling import resolve_shape
 from mdiff.model.transformer import DTYPES, ModelOptions, Transformer
@@ -13,17 +14,16 @@ from mdiff.model.transformer import DTYPES, ModelOptions, Transformer
 
 def model_options(model_cfg: Any, **overrides: Any) -> ModelOptions:
     """`ModelOptions` from `config.model` (dtype names -> dtypes)."""
-    get = (lambda k, d: model_cfg.get(k, d)) if isinstance(model_cfg, dict) else (lambda k, d: getattr(model_cfg, k, d))
     opts = ModelOptions(
-        dtype=DTYPES[get("dtype", "float32")],
-        param_dtype=DTYPES[get("param_dtype", "float32")],
-        remat=bool(get("remat", False)),
-        scan_layers=bool(get("scan_layers", False)),
-        qk_norm=bool(get("qk_norm", True)),
-        rope_theta=float(get("rope_theta", 10000.0)),
-        restrict_logits=bool(get("restrict_logits", True)),
-        attention=resolve_attention(get("attention", "auto")),
-        head=str(get("head", "targets")),
+        dtype=DTYPES[get(model_cfg, "dtype", "float32")],
+        param_dtype=DTYPES[get(model_cfg, "param_dtype", "float32")],
+        remat=bool(get(model_cfg, "remat", False)),
+        scan_layers=bool(get(model_cfg, "scan_layers", False)),
+        qk_norm=bool(get(model_cfg, "qk_norm", True)),
+        rope_theta=float(get(model_cfg, "rope_theta", 10000.0)),
+        restrict_logits=bool(get(model_cfg, "restrict_logits", True)),
+        attention=resolve_attention(get(model_cfg, "attention", "auto")),
+        head=str(get(model_cfg, "head", "targets")),
     )
     return ModelOptions(**{**opts.__dict__, **overrides})
 

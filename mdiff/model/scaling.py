@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mdiff.config import get
 from mdiff.errors import InputError
 from mdiff.vocab import NUM_MODALITIES
 
@@ -93,7 +94,7 @@ def expand_preset(model_cfg: Any, defaults: Any) -> None:
     """
     from mdiff.config import ConfigError  # noqa: PLC0415
 
-    size = _get(model_cfg, "size", "")
+    size = get(model_cfg, "size", "")
     if not size:
         return
     if size not in PRESETS:
@@ -113,25 +114,20 @@ def expand_preset(model_cfg: Any, defaults: Any) -> None:
 
 def resolve_shape(model_cfg: Any) -> ModelShape:
     """The shape a `config.model` asks for: a named preset, or the explicit width/depth/heads/mlp."""
-    size = _get(model_cfg, "size", "")
-    mlp_type = _get(model_cfg, "mlp_type", "swiglu")
+    size = get(model_cfg, "size", "")
+    mlp_type = get(model_cfg, "mlp_type", "swiglu")
     if size:
         if size not in PRESETS:
             raise ShapeError(f"config.model.size={size!r}: known presets: {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[size], mlp_type=mlp_type)
     return ModelShape(
-        int(_get(model_cfg, "width")),
-        int(_get(model_cfg, "depth")),
-        int(_get(model_cfg, "heads")),
-        int(_get(model_cfg, "mlp_hidden")),
+        int(get(model_cfg, "width")),
+        int(get(model_cfg, "depth")),
+        int(get(model_cfg, "heads")),
+        int(get(model_cfg, "mlp_hidden")),
         mlp_type,
     )
 
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def padded_vocab(vocab_size: int) -> int:

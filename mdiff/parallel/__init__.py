@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from mdiff.config import get
 from mdiff.errors import InputError
 from mdiff.parallel.defaults import MESH_AXES, parse_rules, resolve_mesh_shape
 
@@ -29,10 +30,6 @@ Rules = dict[str, Any]  # logical axis -> None | mesh axis | tuple of mesh axes
 
 class ShardingError(InputError):
     """A mesh, rule set or array that cannot be sharded as asked."""
-
-
-def _get(cfg: Any, key: str) -> Any:
-    return cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -46,7 +43,7 @@ def mesh_shape(shape_cfg: Mapping[str, int], n_devices: int) -> tuple[int, ...]:
 def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """The (data, fsdp, tensor) mesh `config.mesh` describes, with Auto (GSPMD) axis types."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(dict(_get(mesh_cfg, "shape")), len(devices))
+    shape = mesh_shape(dict(get(mesh_cfg, "shape")), len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
@@ -55,7 +52,7 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
 # ---------------------------------------------------------------------------------------------
 def logical_rules(mesh_cfg: Any) -> Rules:
     """Validated rules: every logical axis mapped exactly once, only to existing mesh axes."""
-    return parse_rules(_get(mesh_cfg, "rules"), ShardingError)
+    return parse_rules(get(mesh_cfg, "rules"), ShardingError)
 
 
 def logical_to_spec(axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
