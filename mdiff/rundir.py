@@ -199,14 +199,19 @@ def write_summary(workdir: str | os.PathLike, summary: dict[str, Any]) -> pathli
     return write_json_atomic(pathlib.Path(workdir) / SUMMARY_FILE, summary)
 
 
-def read_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
-    path = pathlib.Path(workdir) / SUMMARY_FILE
+def read_json_or_raise(path: pathlib.Path, error: type[InputError] | None = None, hint: str = "") -> Any:
+    """The one "read JSON or raise" rule: the JSON in `path`, None when there is no file, and a broken
+    file raises `error` (default WorkdirError) naming it, plus `hint` (what to do)."""
     if not path.exists():
         return None
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise WorkdirError(f"{path} is not valid JSON ({e})") from None
+        raise (error or WorkdirError)(f"{path} is not valid JSON ({e}){hint}") from None
+
+
+def read_summary(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    return read_json_or_raise(pathlib.Path(workdir) / SUMMARY_FILE)
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -224,13 +229,7 @@ def write_config(workdir: str | os.PathLike, config: Any) -> pathlib.Path | None
 
 
 def read_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
-    path = pathlib.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise WorkdirError(f"{path} is not valid JSON ({e}); use --overwrite to start afresh") from None
+    return read_json_or_raise(pathlib.Path(workdir) / CONFIG_FILE, hint="; use --overwrite to start afresh")
 
 
 # ---------------------------------------------------------------------------------------------

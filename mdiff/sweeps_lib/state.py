@@ -90,13 +90,9 @@ def definition(sweep_name: str, config: str, runs: list[RunSpec], axes: list[str
 
 
 def read_sweep_file(sweep_dir: pathlib.Path) -> dict[str, Any] | None:
-    path = sweep_dir / SWEEP_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SweepError(f"{path} is not valid JSON ({e}); remove it or pass --force") from None
+    from mdiff.rundir import read_json_or_raise
+
+    return read_json_or_raise(sweep_dir / SWEEP_FILE, SweepError, "; remove it or pass --force")
 
 
 def definition_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
