@@ -343,8 +343,8 @@ def isoflop_section(ctx: Context) -> Section | None:
 
 def batch_section(ctx: Context) -> Section | None:
     column = table.first_present(ctx.df, batch_analysis.BATCH_COLUMNS)
-    if not table.varying(ctx.df, column) or ctx.loss not in ctx.df.columns:
-        return None
+    if not table.varying(ctx.df, column) or ctx.loss not in ctx.df.columns or antimasking.applies(ctx.df):
+        return None  # (an anti-masking sweep doubles the batch of one arm: not a batch study)
     result = batch_analysis.analyse(_finite_rows(ctx.df, [ctx.loss]), ctx.loss, n_bootstrap=max(ctx.n_bootstrap, 200), seed=ctx.seed)
     ctx.outputs["batch"] = result.to_json()
     images = ctx.rel(plots.batch_curves(result.curves, result.critical, ctx.figure("batch_curves")))
