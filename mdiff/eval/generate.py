@@ -75,18 +75,44 @@ def _ids(condition: Any) -> np.ndarray:
     return np.asarray(condition, np.int32).reshape(-1)
 
 
-def prompt_batch(run: LoadedRun, task: str, conditions: Sequence[Any]) -> dict[str, np.ndarray]:
-    from mdiff.data.prompts import make_prompt_ids
+_LENGTH_RULES: dict[str, Any] = {}
 
+
+def length_rule(run: LoadedRun) -> Any:
+    """The run's training-split `mdiff.data.prompts.LengthRule` (measured once per dataset and process)."""
+    from mdiff.data.pipeline import open_corpus
+    from mdiff.data.prompts import measure_lengths
+
+    key = f"{run.corpus_name}|{run.config.data.dataset}|{run.config.data.get('data_dir', '')}"
+    if key not in _LENGTH_RULES:
+        _LENGTH_RULES[key] = measure_lengths(open_corpus(run.config, "train"))
+    return _LENGTH_RULES[key]
+
+
+def prompt_batch(run: LoadedRun, task: str, conditions: Sequence[Any], target_lengths: str | None = None) -> dict[str, np.ndarray]:
+    """Prompt rows; `target_lengths` "measured" lays out the generated slot as training does (measured
+    content masked, fill given; mdiff.data.prompts), "whole_slot" masks the whole slot. None: as the run
+    was trained ("whole_slot" if its fill was a target, data.fill_targets, else "measured")."""
+    from mdiff.data.prompts import TARGET_LENGTHS, generated_slot, make_prompt_ids
+
+    if target_lengths is None:
+        target_lengths = "whole_slot" if run.config.data.get("fill_targets", False) else "measured"
     if not len(conditions):
         raise SamplingError("no prompts given")
+    if target_lengths not in TARGET_LENGTHS:
+        raise SamplingError(f"target_lengths={target_lengths!r}; choose one of {', '.join(TARGET_LENGTHS)}")
+    rule = length_rule(run) if target_lengths == "measured" and task in ("i2t", "s2t", "t2s") else None
+    s = slots(run)
     cond_modality = TASKS[task][1]
     rows = []
     for condition in conditions:
         ids = encode_condition(run, task, condition)
         modality = Modality.TEXT if task == "text" else cond_modality
         cond = None if ids is None else run.vocab.to_global(ids, modality)
-        rows.append(make_prompt_ids(run.vocab, task, cond, target_length(run, task), run.seq_len))
+        fill = {Modality.TEXT: s["text_eod"], Modality.AUDIO: s["audio_fill"]}.get(cond_modality)
+        content = 0 if ids is None else int(np.sum(ids != fill)) if fill is not None else len(ids)
+        slot = generated_slot(run.vocab, task, rule, content, target_length(run, task), text_eod=s["text_eod"], audio_fill=s["audio_fill"])
+        rows.append(make_prompt_ids(run.vocab, task, cond, target_length(run, task), run.seq_len, **slot))
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -98,15 +124,18 @@ def make_sampler(run: LoadedRun, task: str, settings: SamplerSettings) -> Sample
 
 
 def generate(
-    run: LoadedRun, task: str, conditions: Sequence[Any], settings: SamplerSettings, *, seed: int = 0, batch_size: int = 16
+    run: LoadedRun, task: str, conditions: Sequence[Any], settings: SamplerSettings, *, seed: int = 0, batch_size: int = 16,
+    target_lengths: str | None = None,
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Sample every condition; returns (local ids of each generated span, the full prompt batch with outputs).
+
+    `target_lengths`: see `prompt_batch` (default: the generated slot laid out as the run was trained).
 
     Rows go through the compiled sampler `batch_size` at a time (the last chunk is padded by repeating
     rows, so one program serves every chunk).
     """
     sampler = make_sampler(run, task, settings)
-    batch = prompt_batch(run, task, conditions)
+    batch = prompt_batch(run, task, conditions, target_lengths)
     n = len(conditions)
     tokens = np.zeros_like(batch["tokens"])
     key = jax.random.key(seed)
