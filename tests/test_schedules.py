@@ -100,7 +100,9 @@ def shipped_schedule_names() -> list[str]:
 
     sweep_file = pathlib.Path(__file__).resolve().parent.parent / "sweeps" / "schedules.py"
     module = import_python_file(sweep_file, prefix="_test_sweep_")
-    return sorted({"linear", *module.ALTERNATIVES, "polynomial(3)", "polynomial(0.5)", "geometric(1e-4,20)"})
+    shipped = {value for variant in module.VARIANTS for point in module.get_sweep(variant).points
+               for key, value in point.items() if key.startswith("diffusion.schedule.")}
+    return sorted({"linear", *shipped, "polynomial(3)", "polynomial(0.5)", "geometric(1e-4,20)"})
 
 
 @pytest.mark.parametrize("t_min", [1e-5, 1e-3, 0.05])
