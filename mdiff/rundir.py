@@ -291,7 +291,10 @@ def prepare_workdir(
 
 
 def _run_entries(path: pathlib.Path) -> list[pathlib.Path]:
-    return [p for p in path.iterdir() if p.name != LOCK_FILE]
+    """What a run left in `path`: not the lock, and not an empty folder (a trainer killed while starting
+    leaves an empty checkpoints/ before its config.json; that directory holds no run yet)."""
+    return [p for p in path.iterdir()
+            if p.name != LOCK_FILE and not (p.is_dir() and not any(p.iterdir()))]
 
 
 def _decide(path: pathlib.Path, config: Any, *, resume: bool, overwrite: bool) -> str:

@@ -116,6 +116,19 @@ def test_prepare_workdir_new_same_and_different(tmp_path):
     assert list(work.iterdir()) == []
 
 
+def test_a_trainer_killed_while_starting_leaves_a_new_run(tmp_path):
+    # Killed after its lock and checkpoints/ folder but before config.json: nothing of a run was written,
+    # so the next trainer starts it; a folder with a file in it still is not ours to take.
+    work = tmp_path / "run"
+    (work / rundir.CHECKPOINT_DIR).mkdir(parents=True)
+    (work / rundir.LOCK_FILE).write_text("pid 999999\n")
+    assert rundir.prepare_workdir(work, CONFIG) == "new"
+    rundir.release_workdir(work)
+    (work / rundir.CHECKPOINT_DIR / "stray").write_text("x")
+    with pytest.raises(WorkdirError, match="not an mdiff run"):
+        rundir.prepare_workdir(work, CONFIG)
+
+
 def test_prepare_workdir_refuses_foreign_folders(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     for overwrite in (False, True):
