@@ -11,7 +11,7 @@ from mdiff.data import raw, reader, sources
 from mdiff.data.build import DatasetError, build_dataset, read_manifest, verify
 from mdiff.data.layout import check_batch
 from mdiff.data.pipeline import PipelineError, make_pipeline, multimodal_example
-from mdiff.data.prompts import decode_output, make_prompt
+from mdiff.data.prompts import LengthRule, decode_output, make_prompt
 from mdiff.data.sources import MissingPackageError
 from mdiff.data.tokenizers import load_tokenizers, psnr
 from mdiff.vocab import Modality
@@ -144,8 +144,10 @@ def test_prompts_match_the_training_layout(tiny_data):
     corpus = reader.open_corpus(tiny_data, "test")
     record = corpus.image[0]
     caption = raw.captioned_images(tiny_data, "test")[0]  # same record order
+    # A length rule whose i2t caption length is this record's (tokens + the end id): the fill is given as in training.
+    lengths = LengthRule(audio_per_text=1.0, image_caption=min(len(record[1]), tok.text_slot - 1) + 1)
     for task, condition in (("t2i", caption["caption"]), ("i2t", caption["image"])):
-        row = make_prompt(tok, task, condition, 128)
+        row = make_prompt(tok, task, condition, 128, lengths=lengths)
         example = multimodal_example(corpus, "image", record, task)
         n = len(example["tokens"])
         target = example["loss_mask"] > 0

@@ -129,6 +129,8 @@ def generate(
 ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """Sample every condition; returns (local ids of each generated span, the full prompt batch with outputs).
 
+    A conditional task's span is its whole target slot (the generated content followed by the given fill).
+
     `target_lengths`: see `prompt_batch` (default: the generated slot laid out as the run was trained).
 
     Rows go through the compiled sampler `batch_size` at a time (the last chunk is padded by repeating
@@ -147,5 +149,7 @@ def generate(
         tokens[start : start + take] = out[:take]
     result = dict(batch, tokens=tokens)
     target = TASKS[task][2]
-    spans = [run.vocab.to_local(tokens[i][batch["loss_mask"][i] > 0], target) for i in range(n)]
+    # A conditional task's span is its whole target slot: generated content, then the given fill.
+    span = batch["loss_mask"] > 0 if task == "text" else batch["modality"] == int(target)
+    spans = [run.vocab.to_local(tokens[i][span[i]], target) for i in range(n)]
     return spans, result
