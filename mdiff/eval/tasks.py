@@ -104,7 +104,9 @@ class TaskShape:
 def prompt_batch(shape: TaskShape, task: str, conditions: Sequence[np.ndarray | None]) -> dict[str, np.ndarray]:
     """One row per condition (tokenizer-local ids; None for unconditional text), padded to seq_len.
 
-    For "text", a condition is an optional prefix of local text ids kept fixed at the start.
+    For "text", a condition is an optional prefix of local text ids kept fixed at the start. Conditional
+    targets are masked whole (the "whole_slot" layout of mdiff.data.prompts); `mdiff sample` / `eval` lay
+    prompts out with mdiff.eval.generate.prompt_batch (measured content masked, fill given).
     """
     if task not in TASKS:
         raise SamplingError(f"task {task!r}: unknown; tasks: {', '.join(TASKS)}")
