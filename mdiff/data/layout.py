@@ -29,7 +29,8 @@ by the tokenizer's own end/silence token). Only real content is a target: a capt
 one end-of-document id that ends it (as in the text stream), an audio clip's codes. The fill after it
 is given (visible, never masked, loss_mask 0), so the loss is nats per real token and the model is
 told the content's length, like a condition. `data.fill_targets=True` restores fill as targets
-(loss_mask 2; the share is logged as `fill_share/<modality>`).
+(loss_mask 2; the share is logged as `fill_share/<modality>`). Sampling prompts follow the same
+convention: a measured content length masked, the fill after it given (mdiff.data.prompts).
 """
 
 from __future__ import annotations
