@@ -239,19 +239,20 @@ def read_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
 VOLATILE_KEYS = ("train.progress",)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a.b": v} for a nested {"a": {"b": v}}: dotted config keys."""
     out: dict[str, Any] = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
+            out.update(flatten_dict(value, name + "."))
         else:
             out[name] = value
     return out
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten_dict(old), flatten_dict(new)
     keys = sorted((set(a) | set(b)) - set(VOLATILE_KEYS))
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys if a.get(k) != b.get(k)]
 

@@ -42,24 +42,13 @@ log = logging.getLogger(__name__)
 PER_POINT_KEYS = ("name", "seed", "data.mix", "data.i2t_fraction", "data.s2t_fraction")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _per_point(key: str) -> bool:
     return any(key == k or key.startswith(k + ".") for k in PER_POINT_KEYS)
 
 
 def pack_key(config: Any) -> str:
     """Points with equal keys can train packed: the config without its per-point keys."""
-    shared = {k: v for k, v in _flat(rundir.config_dict(config)).items() if not _per_point(k)}
+    shared = {k: v for k, v in rundir.flatten_dict(rundir.config_dict(config)).items() if not _per_point(k)}
     return json.dumps(shared, sort_keys=True, default=str)
 
 
@@ -69,9 +58,9 @@ def unpackable_reason(configs: Sequence[Any]) -> str | None:
         return "fewer than two points"
     if jax.process_count() > 1:
         return f"{jax.process_count()} processes (packing runs in one process, on one device)"
-    first = _flat(rundir.config_dict(configs[0]))
+    first = rundir.flatten_dict(rundir.config_dict(configs[0]))
     for c in configs[1:]:
-        other = _flat(rundir.config_dict(c))
+        other = rundir.flatten_dict(rundir.config_dict(c))
         diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k) and not _per_point(k))
         if diff:
             return f"{c.get('name', '?')} differs from {configs[0].get('name', '?')} in {', '.join(diff[:3])}"
