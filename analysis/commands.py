@@ -15,7 +15,7 @@ import sys
 import tempfile
 from typing import Any
 
-EXIT_BAD_INPUT = 2
+from mdiff.errors import EXIT_BAD_INPUT
 
 
 def _common(parser: argparse.ArgumentParser, *, loss: bool = True) -> None:

@@ -1,7 +1,7 @@
 """`mdiff report DIR`: one self-contained HTML page (plus summary.md) for any sweep directory.
 
 The report runs the analyses that the sweep's columns allow (the sweep directory: sweep.json,
-runs/<name>/, results.csv; see mdiff.sweeps_lib.state):
+runs/<name>/, results.csv; see mdiff.sweeps.state):
 * scaling (parametric fit, frontier, fitted vs observed) when `params` and `tokens` both vary;
 * per-modality fits for each `loss_<modality>` column with enough values;
 * IsoFLOP when there are >= 2 compute budgets with >= 3 model sizes each;

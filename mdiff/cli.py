@@ -13,10 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mdiff.errors import InputError
+from mdiff.errors import EXIT_BAD_INPUT, InputError
 from mdiff.runtime import keep_freed_memory, reexec_with_huge_pages
 
-EXIT_BAD_INPUT = 2
 
 # name -> (help, module, configure function, run function). Modules are imported when the parser is
 # built, so they must import heavy libraries (JAX) inside `run`, not at module level.
@@ -25,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "sample": ("sample from a trained run (text, t2i, i2t, t2s, s2t)", "mdiff.eval.commands", "configure_sample", "run_sample"),
     "eval": ("score a trained run's samples with every evaluator", "mdiff.eval.commands", "configure_eval", "run_eval"),
     "nelbo": ("a trained run's validation NELBO under several masking schedules (mean +- SE)", "mdiff.eval.nelbo", "configure", "run"),
-    "sweep": ("expand, run, inspect or emit a sweep of runs", "mdiff.sweep", "configure", "run"),
+    "sweep": ("expand, run, inspect or emit a sweep of runs", "mdiff.sweeps.commands", "configure", "run"),
     "fit": ("fit scaling laws and the batch/mixing/schedule analyses from a CSV", "analysis.commands", "configure_fit", "run_fit"),
     "report": ("build report/index.html for a sweep directory", "analysis.commands", "configure_report", "run_report"),
     "data": ("build or inspect the embedded tri-modal dataset", "mdiff.data.commands", "configure", "run"),

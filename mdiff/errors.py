@@ -9,3 +9,10 @@ catches these.
 
 class InputError(ValueError):
     """Bad input: reported by the CLI as one line on stderr, exit status 2."""
+
+
+# Exit statuses shared by every `mdiff` command (a preempted run's 75 lives with the run directory:
+# mdiff.rundir.EXIT_PREEMPTED).
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT

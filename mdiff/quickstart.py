@@ -24,12 +24,12 @@ import sys
 import time
 from typing import Any, TextIO
 
-from mdiff.sweeps_lib import state
-from mdiff.sweeps_lib.define import SweepError
+from mdiff.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
+from mdiff.sweeps import state
+from mdiff.sweeps.define import SweepError
 
 DEFAULT_OUT = "quickstart_out"
 DEFAULT_SWEEP = "scaling:cpu"
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class Stages:
@@ -81,8 +81,8 @@ class Result:
 def sweep_data_config(sweep_spec: str) -> Any:
     """The `config.data` the sweep's runs train on (its dataset and the build settings)."""
     from mdiff.config import load_config
-    from mdiff.sweeps_lib.define import override_args
-    from mdiff.sweeps_lib.expand import load_sweep
+    from mdiff.sweeps.define import override_args
+    from mdiff.sweeps.expand import load_sweep
 
     sw = load_sweep(sweep_spec)
     return load_config(sw.config, override_args(sw.common), check=False).data
@@ -295,8 +295,8 @@ def quickstart(
     stream: TextIO | None = sys.stderr,
 ) -> Result:
     """Run every stage (skipping work already done) and return where things are."""
-    from mdiff.sweeps_lib.expand import expand, load_sweep
-    from mdiff.sweeps_lib.runner import Progress, run_sweep
+    from mdiff.sweeps.expand import expand, load_sweep
+    from mdiff.sweeps.runner import Progress, run_sweep
 
     if n_bootstrap < 0:
         raise SweepError(f"--bootstrap must be >= 0, got {n_bootstrap}")

@@ -13,7 +13,7 @@ Variants:
   pod   the pilot at 3.25B distinct tokens (batch 256 distinct rows), off / on, 3 seeds (64 devices on 8 hosts)
 """
 
-from mdiff.sweep import Sweep, product, sweep, zipit
+from mdiff.sweeps import Sweep, product, sweep, zipit
 
 VARIANTS = ("cpu", "pod")
 

@@ -14,7 +14,7 @@ Variants:
   pod   the pilot, batches 64 ... 1024 x 3.25B and 13B tokens, 3 seeds (60 runs; 64 devices on 8 hosts)
 """
 
-from mdiff.sweep import Sweep, product, sweep
+from mdiff.sweeps import Sweep, product, sweep
 
 VARIANTS = ("cpu", "pod")
 

@@ -11,7 +11,7 @@ Variants:
   pod   tenths with every modality present (36 points), the pilot model at its 13B-token horizon
 """
 
-from mdiff.sweep import Sweep, chain, fixed, product, simplex, sweep
+from mdiff.sweeps import Sweep, chain, fixed, product, simplex, sweep
 
 VARIANTS = ("cpu", "pod")
 MIX_KEYS = ("data.mix.text", "data.mix.image", "data.mix.audio")

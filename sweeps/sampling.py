@@ -1,7 +1,7 @@
 """Sampling: the inference defaults of each task, over config.sampling keys, for one trained run.
 
 Each point scores the same trained run with other sampling settings (nothing is retrained; see
-mdiff/sweeps_lib/sample_point.py); its summary.json holds `eval/<task>/<score>` figures (and the
+mdiff/sweeps/sample_point.py); its summary.json holds `eval/<task>/<score>` figures (and the
 evaluator's ceiling / shuffled references), which results.csv collects. Name the run to evaluate
 after the variant:
 
@@ -18,7 +18,7 @@ Variants:
   pod   the same keys on finer grids, plus the time grid, top-p and temperature (88 points)
 """
 
-from mdiff.sweep import Sweep, SweepError, chain, product, sweep
+from mdiff.sweeps import Sweep, SweepError, chain, product, sweep
 
 VARIANTS = ("cpu", "pod")
 
@@ -50,5 +50,5 @@ def get_sweep(variant: str, run: str = "") -> Sweep:
                     sweep("sampling.s2t.method", ["ancestral", "confidence"])),
         )
         config = "experiments/pilot.py:b256"
-    return Sweep(config=config, points=points, module="mdiff.sweeps_lib.sample_point", command=("--run", run),
+    return Sweep(config=config, points=points, module="mdiff.sweeps.sample_point", command=("--run", run),
                  devices=1 if variant == "cpu" else 8)

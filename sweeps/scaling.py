@@ -15,8 +15,8 @@ Variants:
         on the pilot's data, batch and optimiser (experiments/pilot.py), 64 devices on 8 hosts per run
 """
 
-from mdiff.sweep import Sweep, chain, product, sweep
-from mdiff.sweeps_lib.grids import isoflop
+from mdiff.sweeps import Sweep, chain, product, sweep
+from mdiff.sweeps.grids import isoflop
 
 VARIANTS = ("cpu", "cpu-wide", "test", "pod")
 

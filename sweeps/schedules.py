@@ -9,7 +9,7 @@ Variants:
         modalities (64 points, the pilot model)
 """
 
-from mdiff.sweep import Sweep, product, sweep
+from mdiff.sweeps import Sweep, product, sweep
 from mdiff.vocab import MODALITIES
 
 VARIANTS = ("cpu", "pod")

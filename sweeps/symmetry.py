@@ -13,7 +13,7 @@ Variants:
   pod        digits at the paper's settings: invertibility x num_flows x n_samples (18 points)
 """
 
-from mdiff.sweep import Sweep, product, sweep, zipit
+from mdiff.sweeps import Sweep, product, sweep, zipit
 
 VARIANTS = ("cpu", "recovery", "unrotated", "pod")
 COMMAND = ("symmetry", "train")

@@ -16,7 +16,7 @@ Variants:
         batch (head dim 128), lr 2^-12 ... 2^-6, 2 seeds, 3.25B tokens each; 64 devices on 8 hosts
 """
 
-from mdiff.sweep import Sweep, product, sweep
+from mdiff.sweeps import Sweep, product, sweep
 
 VARIANTS = ("cpu", "pod")
 

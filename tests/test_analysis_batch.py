@@ -162,7 +162,7 @@ def test_analyse_rejects_bad_settings():
 def test_results_table_carries_the_optimiser_values_used(tmp_path):
     """results.csv holds the run's plan (kappa, lr, betas, eps, warm-up after reparameterisation) and the
     configured gamma, which the batch analysis compares with what it measures."""
-    from mdiff.sweeps_lib import state
+    from mdiff.sweeps import state
 
     plan = dict(kappa=2.0, lr=0.004, b1=0.81, b2=0.9801, eps=5e-9, weight_decay=0.14, steps=50, warmup_steps=5,
                 warmup_tokens=10240, steps_critical=40)

@@ -27,7 +27,7 @@ def quickstart_grid() -> pd.DataFrame:
     """The quickstart sweep's 12 runs (4 CPU presets x 3 budgets): N with and without embeddings, tokens and
     FLOPs per token from the sweep definition and the model's exact counts (preset reference vocabulary)."""
     from mdiff.model import scaling as model_scaling
-    from mdiff.sweeps_lib.expand import expand, load_sweep
+    from mdiff.sweeps.expand import expand, load_sweep
 
     rows = []
     for point in expand(load_sweep("scaling:cpu")):

@@ -100,7 +100,7 @@ def test_degenerate_text_is_not_chosen_and_embedded_tasks_use_wer():
 
 
 def test_sweep_point_summary_keeps_the_reference_scores():
-    from mdiff.sweeps_lib.sample_point import flat_scores
+    from mdiff.sweeps.sample_point import flat_scores
 
     scores = {"gen_ppl": 900.0, "entropy_bits": 8.9, "ceiling": {"gen_ppl": 100.0, "entropy_bits": 9.0},
               "shuffled": {"gen_ppl": 3000.0}, "examples": ["x"], "seconds": 3.0, "settings": {"steps": 8}}

@@ -63,7 +63,7 @@ def test_an_import_error_in_a_subcommand_module_is_not_hidden(monkeypatch, tmp_p
 # ---------------------------------------------------------------------------------------------
 CORE = {"mdiff.errors", "mdiff.runtime", "mdiff.config", "mdiff.vocab", "mdiff.tensorboard", "mdiff.rundir"}
 STACK = {"mdiff.parallel", "mdiff.optim", "mdiff.data", "mdiff.diffusion", "mdiff.model"}
-SWEEPS = {"mdiff.sweep", "mdiff.sweeps_lib", "mdiff.sweeps"}
+SWEEPS = {"mdiff.sweeps"}
 MAY_IMPORT = {
     "mdiff.errors": set(),
     "mdiff.runtime": set(),

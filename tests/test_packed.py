@@ -73,7 +73,7 @@ def test_only_same_shape_points_pack():
 
 
 def seed_sweep():
-    from mdiff.sweeps_lib.define import Sweep, sweep
+    from mdiff.sweeps.define import Sweep, sweep
 
     return Sweep(config=CONFIG, points=sweep("seed", [0, 1]), common={"train.tokens": 8 * 32 * 4}, name="seeds")
 
@@ -81,8 +81,8 @@ def seed_sweep():
 def test_runner_packs_same_shape_points_and_each_keeps_its_row(tmp_path):
     import io
 
-    from mdiff.sweeps_lib import state
-    from mdiff.sweeps_lib.runner import Progress, run_sweep
+    from mdiff.sweeps import state
+    from mdiff.sweeps.runner import Progress, run_sweep
 
     sw = seed_sweep()
     stream = io.StringIO()
@@ -100,8 +100,8 @@ def test_runner_packs_same_shape_points_and_each_keeps_its_row(tmp_path):
 
 
 def test_emit_puts_packable_points_in_one_job(tmp_path):
-    from mdiff.sweeps_lib.emit import SlurmOptions, emit
-    from mdiff.sweeps_lib.expand import expand
+    from mdiff.sweeps.emit import SlurmOptions, emit
+    from mdiff.sweeps.expand import expand
 
     sw = seed_sweep()
     runs = expand(sw)

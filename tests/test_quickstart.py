@@ -11,7 +11,7 @@ import re
 import pytest
 
 from mdiff import quickstart as qs
-from mdiff.sweeps_lib import state
+from mdiff.sweeps import state
 
 
 def write_results(out: pathlib.Path, rows: list[dict]) -> None:
@@ -122,7 +122,7 @@ def test_sampling_sweep_point_scores_a_trained_run(tmp_path):
     import subprocess
     import sys
 
-    from mdiff.sweeps_lib import sample_point
+    from mdiff.sweeps import sample_point
 
     run = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "mdiff", "train", "--config", "experiments/quickstart.py:test", "--workdir", str(run)],
@@ -136,7 +136,7 @@ def test_sampling_sweep_point_scores_a_trained_run(tmp_path):
 
 
 def test_sampling_point_rejects_non_sampling_keys(tmp_path, capsys):
-    from mdiff.sweeps_lib import sample_point
+    from mdiff.sweeps import sample_point
 
     code = sample_point.main(["--run", "r", "--config", "c.py", "--workdir", str(tmp_path), "--config.train.batch=4"])
     assert code == 2 and "may only change sampling.* keys, not train.batch" in capsys.readouterr().err

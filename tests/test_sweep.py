@@ -17,11 +17,11 @@ import time
 
 import pytest
 
-from mdiff import sweep as msweep
-from mdiff.sweep import Sweep, SweepError, chain, fixed, product, simplex, sweep, zipit
-from mdiff.sweeps_lib import state
-from mdiff.sweeps_lib.define import format_value, short_keys
-from mdiff.sweeps_lib.expand import REPO_ROOT
+from mdiff import sweeps as msweep
+from mdiff.sweeps import Sweep, SweepError, chain, fixed, product, simplex, sweep, zipit
+from mdiff.sweeps import state
+from mdiff.sweeps.define import format_value, short_keys
+from mdiff.sweeps.expand import REPO_ROOT
 
 # A stand-in for `python -m mdiff train`: writes a run directory like the real loop (config.json,
 # metrics.jsonl, summary.json last), sleeps FAKE_SLEEP seconds per "step", fails for seed=13, and logs
@@ -292,7 +292,7 @@ def test_error_mid_sweep_stops_the_running_points(env, monkeypatch):
 
 RUNNER_SCRIPT = '''
 import sys
-from mdiff.sweep import Sweep, product, sweep, run_sweep
+from mdiff.sweeps import Sweep, product, sweep, run_sweep
 s = Sweep(config="{tmp}/exp.py:tiny", points=product(sweep("model.width", [16, 32, 64]), sweep("train.tokens", [4096, 8192])))
 s.name = "tiny"
 run_sweep(s, "{tmp}/sw", parallel=2, entry=[sys.executable, "{tmp}/fake_train.py"], poll_s=0.05)
@@ -337,7 +337,7 @@ def test_killed_runner_resumes_without_repeating(env):
 # CLI and emit
 # ---------------------------------------------------------------------------------------------
 def test_emit_slurm_script(env):
-    from mdiff.sweeps_lib.emit import SlurmOptions
+    from mdiff.sweeps.emit import SlurmOptions
 
     s = tiny_sweep(env, hosts=2, devices=8)
     sw, runs, out = msweep.prepare(s, env / "pod")
@@ -360,7 +360,7 @@ def test_emitted_array_task_runs_its_point(env):
     """Run array task 1 of the script with a fake srun and python: it executes point 1's command."""
     s = tiny_sweep(env)
     sw, runs, out = msweep.prepare(s, env / "pod")
-    from mdiff.sweeps_lib.emit import SlurmOptions
+    from mdiff.sweeps.emit import SlurmOptions
 
     msweep.emit(sw, runs, out, "slurm", SlurmOptions(python=str(env / "fakepy")))
     (env / "bin").mkdir()
@@ -380,12 +380,12 @@ def test_cli(env, capsys, monkeypatch):
 
     sweep_file = env / "mysweep.py"
     sweep_file.write_text(textwrap.dedent(f'''
-        from mdiff.sweep import Sweep, sweep
+        from mdiff.sweeps import Sweep, sweep
         VARIANTS = ("a",)
         def get_sweep(variant):
             return Sweep(config="{env}/exp.py:tiny", points=sweep("model.width", [32, 64]))
     '''))
-    monkeypatch.setattr("mdiff.sweeps_lib.runner.DEFAULT_ENTRY", tuple(entry(env)))
+    monkeypatch.setattr("mdiff.sweeps.runner.DEFAULT_ENTRY", tuple(entry(env)))
     assert main(["sweep", "run", f"{sweep_file}:a", "--out", str(env / "o"), "--dry-run"]) == 0
     assert "2 points, all valid" in capsys.readouterr().out and not (env / "o").exists()
     assert main(["sweep", "run", f"{sweep_file}:a", "--out", str(env / "o")]) == 0
@@ -443,7 +443,7 @@ def test_emit_with_spaces_and_requeue_on_preemption(env, capsys, monkeypatch):
 
     sweep_file = env / "my sweep.py"
     sweep_file.write_text(textwrap.dedent(f'''
-        from mdiff.sweep import Sweep, sweep
+        from mdiff.sweeps import Sweep, sweep
         VARIANTS = ("a",)
         def get_sweep(variant):
             return Sweep(config="{env}/exp.py:tiny", points=sweep("model.width", [32, 64]))

@@ -9,8 +9,8 @@ import pytest
 
 from mdiff.config import load_config
 from mdiff.optim import sde
-from mdiff.sweep import expand, load_sweep
-from mdiff.sweeps_lib.define import override_args
+from mdiff.sweeps import expand, load_sweep
+from mdiff.sweeps.define import override_args
 
 
 def _configs(spec: str):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mdiff.sweep import available_sweeps, expand, load_sweep
-from mdiff.sweeps_lib.expand import SWEEPS_DIR, _import
+from mdiff.sweeps import available_sweeps, expand, load_sweep
+from mdiff.sweeps.expand import SWEEPS_DIR, _import
 
 SHIPPED = [(name, variant) for name in available_sweeps() for variant in _import(SWEEPS_DIR / f"{name}.py").VARIANTS]
 
@@ -32,14 +32,14 @@ def test_every_point_builds(name, variant):
 
 
 def test_sampling_sweep_needs_a_trained_run():
-    from mdiff.sweep import SweepError
+    from mdiff.sweeps import SweepError
 
     with pytest.raises(SweepError, match="scores a trained run"):
         load_sweep("sampling:cpu")
     sweep = load_sweep("sampling:cpu,run=/runs/trained")
     assert sweep.name == "sampling:cpu,run=/runs/trained"
     run = expand(sweep)[0]
-    assert run.args("/w")[:2] == ["--run", "/runs/trained"] and run.module == "mdiff.sweeps_lib.sample_point"
+    assert run.args("/w")[:2] == ["--run", "/runs/trained"] and run.module == "mdiff.sweeps.sample_point"
     assert all(k.startswith("sampling.") for r in expand(sweep) for k in r.overrides)
 
 
@@ -47,7 +47,7 @@ def test_cpu_scaling_is_an_isoflop_grid_for_a_real_fit():
     """4 sizes x 3 budgets (C, 2C, 4C); the points of a budget cost the same training FLOPs."""
     from mdiff.config import load_config
     from mdiff.model.scaling import PRESETS, flops_per_token
-    from mdiff.sweeps_lib.grids import vocab_size_of
+    from mdiff.sweeps.grids import vocab_size_of
 
     sweep = load_sweep("scaling:cpu")
     base = load_config(sweep.config)
@@ -70,7 +70,7 @@ def test_cpu_wide_scaling_widens_the_quickstart_grid():
 
     from mdiff.config import load_config
     from mdiff.model.scaling import PRESETS, param_counts
-    from mdiff.sweeps_lib.grids import vocab_size_of
+    from mdiff.sweeps.grids import vocab_size_of
 
     quick, wide = expand(load_sweep("scaling:cpu")), expand(load_sweep("scaling:cpu-wide"))
     assert len(wide) == 20 and {r.name for r in quick} <= {r.name for r in wide}

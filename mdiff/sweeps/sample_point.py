@@ -1,6 +1,6 @@
 """One point of a sampling sweep: score a trained run with other `config.sampling` settings (no training).
 
-    python -m mdiff.sweeps_lib.sample_point --run TRAINED_RUN --config FILE.py:VARIANT --workdir DIR \
+    python -m mdiff.sweeps.sample_point --run TRAINED_RUN --config FILE.py:VARIANT --workdir DIR \
         [--config.sampling.t2i.guidance=2.0 ...]
 
 The trained run's own config is used (`--config` only names the sweep's base experiment); the overrides
@@ -42,7 +42,7 @@ def flat_scores(prefix: str, scores: dict) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mdiff.sweeps_lib.sample_point", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mdiff.sweeps.sample_point", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="the trained run directory to sample from")
     parser.add_argument("--config", required=True, help="the sweep's base experiment (for the record)")
     parser.add_argument("--workdir", required=True, help="where this point's config.json and summary.json go")

@@ -8,7 +8,7 @@ import pathlib
 from typing import Any
 
 from mdiff.config import call_variant, import_python_file
-from mdiff.sweeps_lib.define import Point, Sweep, SweepError, override_args, point_name, short_keys
+from mdiff.sweeps.define import Point, Sweep, SweepError, override_args, point_name, short_keys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 SWEEPS_DIR = REPO_ROOT / "sweeps"

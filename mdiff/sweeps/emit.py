@@ -16,9 +16,9 @@ import shlex
 import sys
 
 from mdiff.rundir import EXIT_PREEMPTED
-from mdiff.sweeps_lib import state
-from mdiff.sweeps_lib.define import Sweep, SweepError, override_args
-from mdiff.sweeps_lib.expand import REPO_ROOT, RunSpec
+from mdiff.sweeps import state
+from mdiff.sweeps.define import Sweep, SweepError, override_args
+from mdiff.sweeps.expand import REPO_ROOT, RunSpec
 
 LAUNCHERS = ("slurm", "list")
 
@@ -44,7 +44,7 @@ def job_commands(runs: list[RunSpec], sweep: Sweep, sweep_dir: pathlib.Path, pyt
     (`python -m mdiff.train.packed DIR/launch/pack-<lead>.json`, written here), others one job each."""
     import json
 
-    from mdiff.sweeps_lib.runner import pack_groups
+    from mdiff.sweeps.runner import pack_groups
 
     leads, commands = [], []
     for group in pack_groups(sweep, runs, None):

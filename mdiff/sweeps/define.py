@@ -110,7 +110,7 @@ class Sweep:
     command:  the `mdiff` subcommand (and any fixed arguments) that runs one point: `("train",)`,
               `("symmetry", "train")`, or `("eval", "--run", DIR)` for a sampling sweep.
     module:   the Python module run as `python -m MODULE COMMAND ...` (`mdiff`, the CLI, for training;
-              `mdiff.sweeps_lib.sample_point` for sampling sweeps).
+              `mdiff.sweeps.sample_point` for sampling sweeps).
     devices:  devices each run uses (the mesh must fit them; batches must divide the data axes).
     hosts:    processes (hosts) each run spans; `mdiff sweep emit` asks the scheduler for this many nodes.
     """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mdiff.sweeps_lib.define import Point, SweepError
+from mdiff.sweeps.define import Point, SweepError
 
 
 def vocab_size_of(config) -> int:

@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from mdiff.rundir import EXIT_PREEMPTED
-from mdiff.sweeps_lib import state
-from mdiff.sweeps_lib.define import Sweep, SweepError, override_args
-from mdiff.sweeps_lib.expand import REPO_ROOT, RunSpec, expand, load_sweep
+from mdiff.sweeps import state
+from mdiff.sweeps.define import Sweep, SweepError, override_args
+from mdiff.sweeps.expand import REPO_ROOT, RunSpec, expand, load_sweep
 
 DEFAULT_ENTRY: tuple[str, ...] | None = None  # None: `python -m <the sweep's module>`; tests substitute a fake
 MAX_REQUEUES = 3  # preempted (exit 75) restarts of one point per run_sweep call

@@ -19,8 +19,8 @@ import os
 import pathlib
 from typing import Any
 
-from mdiff.sweeps_lib.define import SweepError
-from mdiff.sweeps_lib.expand import RunSpec
+from mdiff.sweeps.define import SweepError
+from mdiff.sweeps.expand import RunSpec
 from mdiff.vocab import MODALITIES
 
 SWEEP_FILE = "sweep.json"

@@ -1,21 +1,4 @@
-"""Sweeps: expansion, the local runner, the results table, and scheduler scripts (`mdiff sweep ...`).
-
-Sweep files in `sweeps/` build their points with the combinators re-exported here:
-
-    from mdiff.sweep import Sweep, product, sweep
-    def get_sweep(variant):
-        return Sweep(config="experiments/quickstart.py:cpu",
-                     points=product(sweep("model.size", ["q1", "q2"]), sweep("train.tokens", [2e5, 4e5])))
-
-Commands (wired into `mdiff` by mdiff/cli.py):
-    mdiff sweep run SWEEP --out DIR [--parallel N] [--dry-run] [--force]
-    mdiff sweep status DIR
-    mdiff sweep emit SWEEP --out DIR [--launcher slurm|list] [--nodes N --gpus-per-node G ...]
-    mdiff sweep list
-Each point runs as `python -m mdiff train ...` (or `mdiff symmetry train`, or for sampling sweeps
-`python -m mdiff.sweeps_lib.sample_point`) with `--config.KEY=VALUE` overrides, in DIR/runs/<name>/.
-The implementation lives in mdiff/sweeps_lib/ (define, expand, grids, state, runner, emit, sample_point).
-"""
+"""`mdiff sweep run|status|emit|list` (wired into `mdiff` by mdiff/cli.py)."""
 
 from __future__ import annotations
 
@@ -24,38 +7,13 @@ import pathlib
 import shlex
 import sys
 
-from mdiff.sweeps_lib import state
-from mdiff.sweeps_lib.define import Sweep, SweepError, chain, fixed, product, simplex, sweep, zipit
-from mdiff.sweeps_lib.emit import LAUNCHERS, SlurmOptions, emit
-from mdiff.sweeps_lib.expand import RunSpec, available_sweeps, check_point, expand, load_sweep
-from mdiff.sweeps_lib.runner import Outcome, Progress, command_line, prepare, run_sweep
-from mdiff.sweeps_lib.state import write_results
-
-__all__ = [
-    "Sweep", "SweepError", "RunSpec", "Outcome", "Progress",
-    "sweep", "fixed", "product", "zipit", "chain", "simplex",
-    "load_sweep", "expand", "check_point", "available_sweeps", "prepare", "run_sweep", "write_results", "emit",
-    "sweep_status", "configure", "run",
-]  # fmt: skip
-
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+from mdiff.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
+from mdiff.sweeps import (
+    LAUNCHERS, SlurmOptions, SweepError, available_sweeps, command_line, emit, expand, load_sweep, prepare, run_sweep,
+    state, sweep_status, write_results,
+)
 
 
-def sweep_status(sweep_dir: str | pathlib.Path) -> dict[str, list[str]]:
-    """{state: [run names]} for a sweep directory (complete, running, failed, partial, pending)."""
-    sweep_dir = pathlib.Path(sweep_dir)
-    spec = state.read_sweep_file(sweep_dir)
-    if spec is None:
-        raise SweepError(f"{str(sweep_dir)!r} holds no {state.SWEEP_FILE}: not a sweep directory")
-    out: dict[str, list[str]] = {}
-    for point in spec.get("points", []):
-        out.setdefault(state.run_state(sweep_dir, point["name"]), []).append(point["name"])
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-# ---------------------------------------------------------------------------------------------
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="sweep_command", metavar="ACTION", required=True)
     spec_help = "a shipped sweep NAME:VARIANT (e.g. scaling:cpu) or FILE.py:VARIANT"
@@ -159,7 +117,7 @@ def _cmd_emit(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from mdiff.sweeps_lib.expand import SWEEPS_DIR, _import
+    from mdiff.sweeps.expand import SWEEPS_DIR, _import
 
     for name in available_sweeps():
         module = _import(SWEEPS_DIR / f"{name}.py")
