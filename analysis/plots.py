@@ -65,6 +65,15 @@ def _compute_grid(compute: np.ndarray, pad: float = 3.0) -> np.ndarray:
     return np.geomspace(compute.min() / pad, compute.max() * pad, 80)
 
 
+def _loss_limits(ax, *values: np.ndarray, margin: float = 0.05) -> None:
+    """Y range from the runs' losses: a curve or confidence band the data cannot pin down (it can span
+    orders of magnitude) is clipped instead of flattening the runs to a line."""
+    finite = np.concatenate([np.asarray(v, float).ravel() for v in values])
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if finite.size:
+        ax.set_ylim(finite.min() * (1 - margin), finite.max() * (1 + margin))
+
+
 NOT_IDENTIFIABLE = dict(color="#999999", ls="--")  # a fit the data cannot pin down: grey, dashed, labelled
 
 
@@ -95,6 +104,7 @@ def loss_vs_compute(n, d, loss, fit, out, *, compute=None, title: str = "Loss vs
     constraint = f" ({fit.label()})" if fit.label() else ""
     ax.set(xscale="log", yscale="log", xlabel=f"training compute, {fit.flops.describe()} (FLOPs)", ylabel=LOSS_LABEL,
            title=title + constraint)
+    _loss_limits(ax, loss)
     ax.legend()
     return save(fig, out)
 
@@ -125,7 +135,7 @@ def per_modality(fits: Mapping[str, object], tables: Mapping[str, tuple], out) -
 
     fig, axes = _figure()
     ax = axes[0, 0]
-    labels = []
+    labels, shown = [], []
     for column, fit in fits.items():
         n, d, loss = (np.asarray(x, float) for x in tables[column][:3])
         compute = np.asarray(tables[column][3], float) if len(tables[column]) > 3 else fit.flops.compute(n, d)
@@ -140,11 +150,13 @@ def per_modality(fits: Mapping[str, object], tables: Mapping[str, tuple], out) -
         ax.plot(grid, bands["loss"], color=color, lw=1.5, ls=ls, alpha=1.0 if fit.identifiable else 0.5, label=label)
         ax.fill_between(grid, bands["conf_lo"], bands["conf_hi"], color=color, alpha=0.2 if fit.identifiable else 0.08)
         labels.append(fit.label())
+        shown.append(loss)
     constraint = next((x for x in labels if x), "")
     any_fit = next(iter(fits.values()))
     ax.set(xscale="log", yscale="log", xlabel=f"training compute, {any_fit.flops.describe()} (FLOPs)",
            ylabel="per-modality eval loss (nats/token)",
            title="Compute-optimal frontier per modality" + (f"\n({constraint})" if constraint else ""))
+    _loss_limits(ax, *shown)
     ax.legend()
     return save(fig, out)
 
