@@ -11,6 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -72,17 +73,23 @@ def test_microbatches_give_the_same_update(tmp_path, anti_masking):
     run = loop.setup(config, tmp_path, pipeline.vocab)
     batch = sharding.global_batch(next(pipeline), run.batch_sharding, 16)
     setup = step_lib.loss_setup(config, run.graphdef, run.abstract_params, run.vocab)
+    # Plain SGD with lr 1, so the update is minus the gradient: AdamW's first step is lr * sign(g) for every
+    # |g| >> eps and turns float rounding of a near-zero gradient into a full-size difference.
+    sgd = optax.sgd(1.0)
     results = []
     for micro in (1, 4) if not anti_masking else (1, 2):
         state = loop.init_state(run)
-        fn = jax.jit(step_lib.make_train_step(setup, run.tx, micro))
+        state = dict(state, opt_state=sgd.init(state["params"]))
+        fn = jax.jit(step_lib.make_train_step(setup, sgd, micro))
         new_state, sums = jax.device_get(fn(state, batch))
-        results.append((new_state["params"], sums))
-    (p1, s1), (p4, s4) = results
+        start = jax.device_get(state["params"])
+        results.append((jax.tree.map(lambda new, old: old - new, new_state["params"], start), sums))
+    (g1, s1), (g4, s4) = results
     assert s1["count"] == s4["count"] and s1["count"] > 0
     np.testing.assert_allclose(s1["nelbo_sum"], s4["nelbo_sum"], rtol=1e-5)
     np.testing.assert_allclose(s1["grad_norm"], s4["grad_norm"], rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p1, p4)
+    scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(g1))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale), g1, g4)
 
 
 # ---------------------------------------------------------------------------------------------

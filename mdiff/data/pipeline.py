@@ -345,22 +345,25 @@ def make_pipeline(
     process_index: int | None = None,
     process_count: int | None = None,
     corpus: Corpus | None = None,
+    batch: int | None = None,
 ) -> Pipeline:
-    """The host-local batch stream of `split` for this config (see the module docstring)."""
+    """The host-local batch stream of `split` for this config (see the module docstring); `batch` global
+    rows per batch (default config.train.batch; evaluation passes its own)."""
     if process_index is None or process_count is None:
         import jax
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    global_batch = int(config.train.batch)
+    global_batch = int(config.train.batch if batch is None else batch)
+    what = "config.train.batch" if batch is None else "the evaluation batch"
     if process_count < 1 or not 0 <= process_index < process_count:
         raise PipelineError(f"process_index={process_index} must lie in [0, process_count={process_count})")
     if global_batch % process_count:
-        raise ConfigError(f"config.train.batch={global_batch}: must be divisible by the {process_count} processes")
+        raise ConfigError(f"{what}={global_batch}: must be divisible by the {process_count} processes")
     repeat = rows_repeated(config, split)
     if (global_batch // process_count) % repeat:
         raise ConfigError(
-            f"config.train.batch={global_batch}: with diffusion.anti_masking each host's rows come in pairs; "
+            f"{what}={global_batch}: with diffusion.anti_masking each host's rows come in pairs; "
             f"the per-host batch {global_batch // process_count} must be even"
         )
     local = global_batch // process_count // repeat  # distinct rows (lanes) per host

@@ -24,8 +24,8 @@ image codes, an audio clip's codes. Padding, specials, conditions and the fill a
 `data.fill_targets` option is fill a target (loss_mask = 2); its share of each modality's targets is
 then reported as `fill_share/<modality>`.
 
-Anti-masking pairs each mask with its complement: the first half of the batch is kept, each row is
-repeated, and the repeat masks exactly the targets the original left visible. (The training pipeline
+Anti-masking pairs each mask with its complement: rows come in adjacent pairs (2i, 2i + 1), row 2i is
+kept in both places, and the second copy masks exactly the targets the first left visible. (The training pipeline
 yields each row twice for this, so no packed row is dropped; see mdiff.data.pipeline.) The repeat's
 positions are masked with probability alpha(t), so it is weighted by -alpha'/alpha
 (Schedule.complement_weight). Why that is unbiased, and when it is not: in terms of the masking rate
@@ -67,6 +67,14 @@ def sample_times(rng: jax.Array, batch_size: int, *, t_min: float, antithetic: b
     else:
         u = jax.random.uniform(rng, (batch_size,))
     return t_min + (1.0 - 2.0 * t_min) * u
+
+
+def draw_times(rng: jax.Array, rows: int, *, t_min: float, antithetic: bool, group: int = 1) -> jax.Array:
+    """t per row [rows], the one place times are drawn: one `sample_times` draw per group of `group`
+    adjacent rows (anti-masking: a row and its complement share t, group 2)."""
+    if rows % group:
+        raise ValueError(f"{rows} rows do not split into groups of {group}")
+    return jnp.repeat(sample_times(rng, rows // group, t_min=t_min, antithetic=antithetic), group)
 
 
 def _per_modality(values: Callable[[Schedule], jax.Array], schedules: Mapping[Modality, Schedule], fill: float) -> jax.Array:
@@ -139,12 +147,16 @@ def mdm_loss(
     """
     t_rng, mask_rng, drop_rng = jax.random.split(rng, 3)
     batch_size = batch["tokens"].shape[0]
+    group = 2 if anti_masking else 1
     if anti_masking:
         check_anti_masking(schedules)
-        batch, t, uniforms, complement = _anti_masked(batch, t, mask_rng, batch_size, t_min, antithetic)
+        if batch_size % 2:
+            raise ValueError(f"anti-masking pairs rows: batch size {batch_size} must be even")
+    if t is None:
+        t = draw_times(t_rng, batch_size, t_min=t_min, antithetic=antithetic, group=group)
+    if anti_masking:
+        batch, t, uniforms, complement = _anti_masked(batch, t, mask_rng)
     else:
-        if t is None:
-            t = sample_times(t_rng, batch_size, t_min=t_min, antithetic=antithetic)
         uniforms, complement = jax.random.uniform(mask_rng, batch["tokens"].shape), None
     t = jnp.clip(t, t_min, 1.0 - t_min)
     noisy, masked = corrupt(
@@ -159,7 +171,7 @@ def mdm_loss(
     per_position = jnp.where(masked, weight * nll, 0.0)
     endpoint = _endpoint_terms(batch["modality"], vocab, schedules, t_min)
     per_position = per_position + jnp.where(batch["loss_mask"] > 0, endpoint, 0.0)
-    metrics = _sums(per_position, masked, batch)
+    metrics = _sums(per_position, batch)
     loss = metrics["nelbo_sum"] / jnp.maximum(metrics["count"], 1.0)
     return loss, metrics
 
@@ -206,24 +218,17 @@ def check_anti_masking(schedules: Mapping[Modality, Schedule]) -> None:
         )
 
 
-def _anti_masked(batch: Batch, t: jax.Array | None, rng: jax.Array, batch_size: int, t_min: float, antithetic: bool):
-    """Keep the first half of the batch, repeat it, and give the repeat the complementary mask."""
-    if batch_size % 2:
-        raise ValueError(f"anti-masking pairs rows: batch size {batch_size} must be even")
-    half = batch_size // 2
-    t_rng, u_rng = jax.random.split(rng)
-    if t is None:
-        t = sample_times(t_rng, half, t_min=t_min, antithetic=antithetic)
-    else:
-        t = t[:half]
-    doubled = {k: jnp.concatenate([v[:half], v[:half]]) for k, v in batch.items()}
-    u = jax.random.uniform(u_rng, (half, batch["tokens"].shape[1]))
-    uniforms = jnp.concatenate([u, u])  # the repeat inverts the same draw (see `corrupt`)
-    complement = jnp.arange(batch_size) >= half
-    return doubled, jnp.concatenate([t, t]), uniforms, complement
+def _anti_masked(batch: Batch, t: jax.Array, rng: jax.Array):
+    """Pair rows (2i, 2i + 1): both become row 2i at row 2i's time, the second with the complementary mask."""
+    kept = {k: v[0::2] for k, v in batch.items()}
+    doubled = {k: jnp.repeat(v, 2, axis=0) for k, v in kept.items()}
+    u = jax.random.uniform(rng, kept["tokens"].shape)
+    uniforms = jnp.repeat(u, 2, axis=0)  # the second copy inverts the same draw (see `corrupt`)
+    complement = jnp.arange(batch["tokens"].shape[0]) % 2 == 1
+    return doubled, jnp.repeat(t[0::2], 2), uniforms, complement
 
 
-def _sums(per_position: jax.Array, masked: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+def _sums(per_position: jax.Array, batch: Batch) -> dict[str, jax.Array]:
     targets = batch["loss_mask"] > 0
     modality = batch["modality"]
     metrics: dict[str, jax.Array] = {}
@@ -233,10 +238,8 @@ def _sums(per_position: jax.Array, masked: jax.Array, batch: Batch) -> dict[str,
         metrics[f"nelbo_sum/{name}"] = jnp.sum(jnp.where(in_m, per_position, 0.0))
         metrics[f"count/{name}"] = jnp.sum(targets & in_m).astype(jnp.float32)
         metrics[f"fill/{name}"] = jnp.sum((batch["loss_mask"] == FILL_TARGET) & in_m).astype(jnp.float32)
-        metrics[f"masked/{name}"] = jnp.sum(masked & in_m).astype(jnp.float32)
     metrics["nelbo_sum"] = jnp.sum(per_position)
     metrics["count"] = jnp.sum(targets).astype(jnp.float32)
-    metrics["sequences"] = jnp.asarray(per_position.shape[0], jnp.float32)
     return metrics
 
 

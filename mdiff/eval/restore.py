@@ -1,9 +1,9 @@
 """From a trained run directory to what the samplers need: the config, tokenizers, a logits function
 and the parameters.
 
-The model is rebuilt exactly as training builds it (`mdiff.train.loop.setup`: same shape, residual
-scale and mesh) and the run's final checkpoint is restored through the training checkpointer, read-only:
-reading a run changes nothing in its directory. An older step is used only when asked for by number.
+The model is rebuilt exactly as training builds it (`mdiff.train.loop.model_setup`: same shape, residual
+scale and mesh) and the parameters of the run's final checkpoint (not its optimiser state) are restored
+through the training checkpointer, read-only: reading a run changes nothing in its directory. An older step is used only when asked for by number.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None) -> LoadedRun:
     workdir = pathlib.Path(workdir)
     config = read_run_config(workdir)
     vocab, tokenizers, name = data_source(config)
-    run = loop.setup(config, workdir, vocab)
+    model = loop.model_setup(config, vocab)
     checkpoints = workdir / rundir.CHECKPOINT_DIR
     if not checkpoints.is_dir():
         raise rundir.WorkdirError(f"--workdir {workdir}: no {rundir.CHECKPOINT_DIR}/ to sample from")
@@ -135,13 +135,12 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None) -> LoadedRun:
             what = "the run's final step" if step is None else "--step"
             raise rundir.WorkdirError(f"--workdir {workdir}: no checkpoint of step {want} ({what}); on disk: {on_disk}{hint}")
         try:
-            state, _ = checkpointer.restore_step(want, run.abstract_state, check_meta=loop.shape_checker(run))
+            restored, _ = checkpointer.restore_params(want, model.abstract_pure(), check_meta=loop.shape_checker(model, workdir))
         except CheckpointError as e:
             raise rundir.WorkdirError(f"--workdir {workdir}: {e}{hint}") from None
     finally:
         checkpointer.close()
-    params = jax.tree.map(lambda x: x, run.abstract_params)
-    nnx.replace_by_pure_dict(params, state["params"])
-    model = nnx.merge(run.graphdef, params)
-    graphdef, model_state = nnx.split(model)
+    params = jax.tree.map(lambda x: x, model.abstract_params)
+    nnx.replace_by_pure_dict(params, restored)
+    graphdef, model_state = nnx.split(nnx.merge(model.graphdef, params))
     return LoadedRun(workdir, config, vocab, tokenizers, name, graphdef, model_state, int(want), final)

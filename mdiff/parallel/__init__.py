@@ -167,15 +167,15 @@ def batch_parallelism(mesh: Mesh, rules: Rules) -> int:
 
 
 def check_divisible(global_batch_size: int, mesh: Mesh, rules: Rules, what: str = "config.train.batch") -> None:
-    """The global batch (and each host's share of it) must split evenly over the batch mesh axes."""
+    """Rows of a global array must split evenly over the batch mesh axes: the guard on the arrays
+    actually built; configs are checked before training by `mdiff.train.defaults.check_batch_layout`, and
+    the split over processes by the pipeline, which hands each host its share."""
     ways = batch_parallelism(mesh, rules)
     if global_batch_size % ways:
         raise ShardingError(
             f"{what}={global_batch_size} is not divisible by the data-parallel size {ways} "
             f"(mesh axes {rules['batch']!r} of shape {dict(mesh.shape)}); use a multiple of {ways}"
         )
-    if global_batch_size % jax.process_count():
-        raise ShardingError(f"{what}={global_batch_size} is not divisible by the {jax.process_count()} processes")
 
 
 def global_batch(host_batch: Mapping[str, Any], mesh: Mesh, rules: Rules) -> dict[str, jax.Array]:

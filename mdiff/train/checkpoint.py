@@ -92,6 +92,13 @@ class Checkpointer:
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
+    def reached_preemption(self, step: int) -> bool:
+        """Whether JAX's preemption service asks every process to stop at `step` (False without one)."""
+        try:
+            return bool(self._manager.reached_preemption(step))
+        except Exception:  # noqa: BLE001 - no preemption service in this runtime
+            return False
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
@@ -139,6 +146,25 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001
             raise _unreadable(step, e) from None
         return restored["state"], meta
+
+    def restore_params(self, step: int, abstract_params: Any, *, check_meta=None) -> tuple[Any, dict[str, Any]]:
+        """(params, meta) of `step`, reading only the parameters of the saved train state (no optimiser
+        state is built or read); CheckpointError (one line) if it is unreadable."""
+        try:
+            meta = self.read_meta(step)
+        except Exception as e:  # noqa: BLE001
+            raise _unreadable(step, e) from None
+        if check_meta is not None:
+            check_meta(meta)
+        target = {"params": abstract_params}
+        args = ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+        )
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=args))
+        except Exception as e:  # noqa: BLE001
+            raise _unreadable(step, e) from None
+        return restored["state"]["params"], meta
 
     def _set_aside(self, step: int, error: BaseException) -> None:
         """Move an unreadable step out of orbax's sight so later saves of that step can proceed."""

@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import pathlib
-import signal
 import time
 from typing import Any
 
@@ -23,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mdiff import rundir
-from mdiff.config import ConfigError
+from mdiff.config import ConfigDict, ConfigError
 from mdiff.data.pipeline import make_pipeline, open_corpus
 from mdiff.diffusion.loss import per_token_metrics
 from mdiff.model import build_model
@@ -39,6 +38,7 @@ from mdiff.train import distributed, mfu, sharding, step as step_lib
 from mdiff.train.checkpoint import Checkpointer
 from mdiff.train.defaults import check_batch_layout, eval_batch_size
 from mdiff.train.progress import Progress
+from mdiff.vocab import UnifiedVocab
 
 log = logging.getLogger(__name__)
 
@@ -47,38 +47,70 @@ log = logging.getLogger(__name__)
 # Set-up: everything derived from the config before any compilation
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
+class Model:
+    """The model as training builds it: shape, mesh, structure and sharded abstract parameters."""
+
+    config: ConfigDict
+    vocab: UnifiedVocab
+    shape: scaling.ModelShape
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    abstract_params: nnx.State  # the merge template (nnx.replace_by_pure_dict)
+    param_sharding: dict  # pure-dict tree of NamedShardings
+
+    def abstract_pure(self) -> dict:
+        """ShapeDtypeStructs of the parameters' pure dict, with their shardings (a restore target)."""
+        return jax.tree.map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+            nnx.to_pure_dict(self.abstract_params),
+            self.param_sharding,
+        )
+
+
+@dataclasses.dataclass
 class Run:
-    config: Any
+    """Everything a training run derives from its config before compiling."""
+
+    model: Model
     workdir: pathlib.Path
     plan: sde.OptimPlan
-    mesh: Any
-    vocab: Any
-    shape: Any
-    graphdef: Any
-    abstract_params: Any  # nnx.State (merge template)
     tx: optax.GradientTransformation
-    state_sharding: Any
-    abstract_state: Any  # ShapeDtypeStructs with shardings
-    batch_sharding: Any
+    state_sharding: dict  # {"params", "opt_state", "step", "rng"} -> NamedShardings
+    abstract_state: dict  # the same tree of ShapeDtypeStructs with shardings
+    batch_sharding: NamedSharding
     counts: dict[str, int]
     flops_per_token: float
 
+    # The model's fields, read often enough by the loop to be named here.
+    config = property(lambda self: self.model.config)
+    vocab = property(lambda self: self.model.vocab)
+    shape = property(lambda self: self.model.shape)
+    mesh = property(lambda self: self.model.mesh)
+    graphdef = property(lambda self: self.model.graphdef)
+    abstract_params = property(lambda self: self.model.abstract_params)
 
-def setup(config: Any, workdir: pathlib.Path, vocab: Any, devices: list | None = None) -> Run:
-    """Everything derived from the config before compiling; the mesh spans `devices` (default: all)."""
-    plan = sde.plan(config)
+
+def model_setup(config: ConfigDict, vocab: UnifiedVocab, devices: list | None = None) -> Model:
+    """The model's shape, mesh and sharded abstract parameters (no optimiser): what a reader of a run needs."""
     mesh = sharding.make_mesh(config, devices)
-    check_batch_layout(config, sharding.data_parallel_size(mesh, config))
     shape = scaling.resolve_shape(config.model)
     overrides = completep.model_overrides(shape.width, shape.depth, config.optim)
-    seq_len = config.data.seq_len
 
     def make_model():
-        return build_model(config.model, vocab, seq_len, rngs=nnx.Rngs(config.seed), **overrides)
+        return build_model(config.model, vocab, config.data.seq_len, rngs=nnx.Rngs(config.seed), **overrides)
 
     graphdef, abstract_params = nnx.split(nnx.eval_shape(make_model))
-    params_sh = sharding.param_shardings(abstract_params, mesh, config)
-    abstract_pure = nnx.to_pure_dict(abstract_params)
+    param_sharding = sharding.param_shardings(abstract_params, mesh, config)
+    return Model(config, vocab, shape, mesh, graphdef, abstract_params, param_sharding)
+
+
+def setup(config: ConfigDict, workdir: pathlib.Path, vocab: UnifiedVocab, devices: list | None = None) -> Run:
+    """Everything derived from the config before compiling; the mesh spans `devices` (default: all)."""
+    plan = sde.plan(config)
+    model = model_setup(config, vocab, devices)
+    mesh, shape = model.mesh, model.shape
+    check_batch_layout(config, sharding.data_parallel_size(mesh, config))
+    abstract_pure = nnx.to_pure_dict(model.abstract_params)
     tx = make_optimizer(config.optim, plan, abstract_pure, model_width=shape.width, model_depth=shape.depth)
     replicated = NamedSharding(mesh, P())
     abstract_opt = jax.eval_shape(tx.init, abstract_pure)
@@ -88,11 +120,11 @@ def setup(config: Any, workdir: pathlib.Path, vocab: Any, devices: list | None =
         tx,
         lambda leaf, sh: leaf if isinstance(leaf, masked) else sh,
         abstract_opt,
-        params_sh,
+        model.param_sharding,
         transform_non_params=lambda _: replicated,
         is_leaf=lambda x: isinstance(x, (NamedSharding, masked)),
     )
-    state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated, "rng": replicated}
+    state_sh = {"params": model.param_sharding, "opt_state": opt_sh, "step": replicated, "rng": replicated}
     shapes = {
         "params": abstract_pure,
         "opt_state": abstract_opt,
@@ -101,20 +133,15 @@ def setup(config: Any, workdir: pathlib.Path, vocab: Any, devices: list | None =
     }
     abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_sh)
     return Run(
-        config=config,
+        model=model,
         workdir=workdir,
         plan=plan,
-        mesh=mesh,
-        vocab=vocab,
-        shape=shape,
-        graphdef=graphdef,
-        abstract_params=abstract_params,
         tx=tx,
         state_sharding=state_sh,
         abstract_state=abstract_state,
         batch_sharding=sharding.batch_sharding(mesh, config),
         counts=scaling.param_counts(shape, vocab.size),
-        flops_per_token=scaling.flops_per_token(shape, vocab.size, seq_len),
+        flops_per_token=scaling.flops_per_token(shape, vocab.size, config.data.seq_len),
     )
 
 
@@ -171,8 +198,9 @@ def param_shapes(abstract_params: Any) -> dict[str, list[int]]:
     return {completep.path_name(p): list(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(abstract_params)}
 
 
-def shape_checker(run: Run):
-    want = param_shapes(nnx.to_pure_dict(run.abstract_params))
+def shape_checker(model: Model, workdir: pathlib.Path):
+    """`check(meta)`: a checkpoint whose parameter shapes differ from `model`'s is a config error."""
+    want = param_shapes(nnx.to_pure_dict(model.abstract_params))
 
     def check(meta: dict) -> None:
         have = meta.get("param_shapes")
@@ -180,7 +208,7 @@ def shape_checker(run: Run):
             return
         diffs = [f"{k}: {have.get(k)} -> {want.get(k)}" for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
         raise ConfigError(
-            f"config.model: the checkpoint in {run.workdir / rundir.CHECKPOINT_DIR} holds a model of another shape "
+            f"config.model: the checkpoint in {workdir / rundir.CHECKPOINT_DIR} holds a model of another shape "
             f"({'; '.join(diffs[:3])}{'; ...' if len(diffs) > 3 else ''}); resume with the model config it was "
             "trained with, or start afresh with --overwrite"
         )
@@ -219,16 +247,12 @@ def make_evaluator(run: Run, eval_step: Any = None):
     config = run.config
     rows = eval_batch_size(config)
     eval_step = eval_step or jit_eval_step(run)
-    eval_config = config.copy_and_resolve_references()
-    with eval_config.unlocked():
-        eval_config.train.batch = rows
-
     corpus = []  # opened on first use, then reused
 
     def evaluate(params: dict) -> dict[str, float]:
         if not corpus:
-            corpus.append(open_corpus(eval_config, "validation"))
-        pipeline = make_pipeline(eval_config, "validation", corpus=corpus[0])
+            corpus.append(open_corpus(config, "validation"))
+        pipeline = make_pipeline(config, "validation", corpus=corpus[0], batch=rows)
         totals: dict[str, float] = {}
         try:
             for b in range(config.train.eval_batches):
@@ -247,37 +271,16 @@ def make_evaluator(run: Run, eval_step: Any = None):
 # ---------------------------------------------------------------------------------------------
 # Signals
 # ---------------------------------------------------------------------------------------------
-class Preemption:
-    """Turns SIGTERM into a flag the loop polls; the previous handler is restored on exit."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> "Preemption":
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+class Preemption(rundir.StopRequest):
+    """SIGTERM as a flag (rundir.StopRequest), checked so that every process stops at the same step."""
 
     def reached(self, checkpointer: Checkpointer, step: int, *, sync: bool) -> bool:
         """Single process: the flag. Several: JAX's preemption sync point, or (every `sync` step) any
         process's flag, so that all processes stop at the same step."""
         if jax.process_count() == 1:
             return self.requested
-        try:
-            if checkpointer._manager.reached_preemption(step):
-                return True
-        except Exception:  # noqa: BLE001 - no preemption service in this runtime: rely on the signal
-            pass
+        if checkpointer.reached_preemption(step):
+            return True
         if sync:
             from jax.experimental import multihost_utils
 
@@ -302,7 +305,7 @@ def train_and_evaluate(config: Any, workdir: str | os.PathLike) -> dict[str, Any
             checkpointer = Checkpointer(
                 workdir / rundir.CHECKPOINT_DIR, keep=config.train.keep_checkpoints, use_async=config.train.checkpoint_async
             )
-            restored = checkpointer.restore(run.abstract_state, check_meta=shape_checker(run))
+            restored = checkpointer.restore(run.abstract_state, check_meta=shape_checker(run.model, workdir))
             if restored is not None:
                 start, state, meta = restored
                 pipeline.set_state(own_data_state(meta["data"]))
@@ -398,7 +401,7 @@ class _Loop:
             "tokens_processed": step * self.tokens_per_step,
             "flops": step * self.tokens_per_step * self.run_.flops_per_token,
             "wall_s": self.wall(),
-            **{k: v for k, v in losses.items() if k.startswith(("loss", "fill_share"))},
+            **losses,  # loss, bits and (fill targets only) fill_share, overall and per modality
             "lr": host_lr(self.run_.plan, self.config.optim.schedule, self.config.optim.final_lr_fraction, step - 1),
             "grad_norm": float(sums["grad_norm"]),
             "tokens_per_s": tokens_per_s,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mdiff.diffusion.loss import mdm_loss, sample_times
+from mdiff.diffusion.loss import draw_times, mdm_loss
 from mdiff.diffusion.schedules import modality_schedules
 
 State = dict[str, Any]  # params (pure dict), opt_state, step (int32), rng (uint32 key data)
@@ -66,8 +66,7 @@ def merge_model(setup: LossSetup, params: dict) -> nnx.Module:
 
 def times(setup: LossSetup, key: jax.Array, rows: int) -> jax.Array:
     """t per example [rows]: one stratified draw per pair (anti-masking) or per row."""
-    t = sample_times(key, rows // setup.group, t_min=setup.t_min, antithetic=setup.antithetic)
-    return jnp.repeat(t, setup.group)
+    return draw_times(key, rows, t_min=setup.t_min, antithetic=setup.antithetic, group=setup.group)
 
 
 def summed_nelbo(setup: LossSetup, params: dict, rows: dict, t: jax.Array, index: jax.Array, key: jax.Array):
@@ -88,7 +87,6 @@ def summed_nelbo(setup: LossSetup, params: dict, rows: dict, t: jax.Array, index
             vocab=setup.vocab,
             schedules=setup.schedules,
             t_min=setup.t_min,
-            antithetic=False,
             anti_masking=setup.anti_masking,
             cond_dropout=setup.cond_dropout,
             t=group_t,
