@@ -23,6 +23,7 @@ import math
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -46,6 +47,29 @@ EXIT_STATUS = {"complete": 0, "failed": 1, "preempted": EXIT_PREEMPTED}
 
 # Files an mdiff run writes; `--overwrite` only ever deletes a folder that holds config.json.
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_DIR)
+
+
+class StopRequest:
+    """SIGTERM as a flag a training loop polls (context manager; the previous handler comes back on exit):
+    the loop saves a checkpoint, records status `preempted` and its command exits EXIT_PREEMPTED."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "StopRequest":
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class WorkdirError(InputError):

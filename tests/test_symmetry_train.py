@@ -74,6 +74,36 @@ def test_resume_after_preemption_reproduces_the_run(run_dir, tmp_path):
     a.close(), b.close()
 
 
+def test_sigterm_checkpoints_exits_75_and_resumes_to_the_same_run(run_dir, tmp_path, monkeypatch):
+    """A scheduler's SIGTERM: checkpoint at the step it arrives in, status preempted, exit 75 (rundir.EXIT_STATUS);
+    `--resume` then finishes the run as if it had never stopped."""
+    import signal
+
+    from mdiff.symmetry import train as T
+
+    original = T.batch_indices
+
+    def term_at_step_3(seed, step, n, batch):
+        if step == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return original(seed, step, n, batch)
+
+    monkeypatch.setattr(T, "batch_indices", term_at_step_3)
+    work = tmp_path / "run"
+    argv = ["symmetry", "train", "--config", TINY, "--workdir", str(work), "--config.train.progress=False"]
+    assert cli.main(argv) == rundir.EXIT_PREEMPTED == 75
+    summary = rundir.read_summary(work)
+    assert summary["status"] == "preempted" and summary["steps"] == 4
+    assert "4" in {p.name for p in (work / "checkpoints").iterdir()}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
+    monkeypatch.undo()
+    assert cli.main([*argv, "--resume"]) == 0
+    resumed, whole = rundir.read_summary(work), json.loads((run_dir / "summary.json").read_text())
+    assert resumed["status"] == "complete" and resumed["steps"] == 12
+    for key in ("eval/stage2/loss", "eval/stage1/x_mse"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-4), key
+
+
 def test_plot_writes_figures(run_dir):
     from mdiff.symmetry.plots import plot_run
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mdiff.errors import EXIT_BAD_INPUT
+from mdiff.errors import EXIT_BAD_INPUT, EXIT_FAILED
+from mdiff.rundir import EXIT_STATUS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -58,4 +59,4 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, WorkdirError, TransformError) as e:
         print(f"mdiff symmetry {command}: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return 0 if summary.get("status") == "complete" else 1
+    return EXIT_STATUS.get(summary.get("status"), EXIT_FAILED)

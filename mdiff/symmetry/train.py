@@ -312,6 +312,9 @@ def restore_latest(trainer: Trainer, manager: ocp.CheckpointManager) -> int:
 
 
 def save(trainer: Trainer, manager: ocp.CheckpointManager, step: int) -> None:
+    """Save `step` unless it is already on disk (a stop right after a scheduled save)."""
+    if step in manager.all_steps():
+        return
     manager.save(step, args=ocp.args.StandardSave(_flat(trainer.state)), force=True)
     manager.wait_until_finished()
 
@@ -351,6 +354,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, resume: bool = Fa
     status = "failed"
     if start:
         log(f"resuming from step {start}")
+    stop = rundir.StopRequest().__enter__()  # SIGTERM: checkpoint, status preempted (exit 75)
     try:
         window_t, window_steps = time.time(), 0
         while step < total:
@@ -379,18 +383,25 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *, resume: bool = Fa
                 eval_file.write(dict(step=step, stage=stage, **ev))
             if boundary or (config.train.checkpoint_every and step % config.train.checkpoint_every == 0):
                 save(trainer, manager, step)
-        evals.update(recovery_metrics(trainer, splits["test"], config.seed + 7))
-        if config.vae.models:
-            from mdiff.symmetry.vae import run_vaes
+            if stop.requested and step < total:
+                save(trainer, manager, step)
+                status = "preempted"
+                log(f"preempted at step {step}: checkpoint saved; resume with --resume")
+                break
+        if status != "preempted":
+            evals.update(recovery_metrics(trainer, splits["test"], config.seed + 7))
+            if config.vae.models:
+                from mdiff.symmetry.vae import run_vaes
 
-            evals.update(run_vaes(config, trainer, splits, log=log))
-        eval_file.write(dict(step=step, stage=3, **evals))
-        status = "complete"
+                evals.update(run_vaes(config, trainer, splits, log=log))
+            eval_file.write(dict(step=step, stage=3, **evals))
+            status = "complete"
     except KeyboardInterrupt:
         save(trainer, manager, step)
         status = "preempted"
         raise
     finally:
+        stop.__exit__(None, None, None)
         metrics_file.close()
         eval_file.close()
         summary = dict(status=status, steps=step, steps_stage1=min(step, s1), steps_stage2=max(step - s1, 0),
