@@ -24,6 +24,9 @@ def _variants(name):
 
 
 ALL = [(name, v) for name in FILES for v in _variants(name)]
+# Every variant compiles under `-m slow` (about 30 s each); the default run compiles the smallest and the largest.
+DEFAULT_COMPILES = {("quickstart", "test"), ("large", "3b")}
+COMPILES = [pytest.param(*nv, marks=() if nv in DEFAULT_COMPILES else pytest.mark.slow) for nv in ALL]
 # Compiling every variant takes about 80 s on 2 quiet cores; all run by default.
 
 
@@ -57,7 +60,7 @@ def test_pilot_matches_the_paper():
     assert sde.plan(load_config("experiments/pilot.py:b1024")).kappa == pytest.approx(4.0)
 
 
-@pytest.mark.parametrize("name, variant", ALL)
+@pytest.mark.parametrize("name, variant", COMPILES)
 def test_config_compiles_ahead_of_time(name, variant, tmp_path):
     config = load_config(f"experiments/{name}.py:{variant}")
     if (name, variant) == ("large", "3b"):

@@ -240,6 +240,7 @@ def test_trained_nelbo_reaches_entropy_of_independent_tokens():
     assert nelbo < 1.02 * true, f"NELBO {nelbo:.4f} not within 2% of the entropy {true:.4f}"
 
 
+@pytest.mark.slow
 def test_trained_nelbo_reaches_entropy_of_a_markov_chain():
     rng = np.random.default_rng(2)
     transition = rng.dirichlet(np.ones(6) * 0.5, size=6)

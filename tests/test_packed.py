@@ -38,6 +38,7 @@ print(json.dumps({{
 """
 
 
+@pytest.mark.slow
 def test_packed_points_equal_the_points_trained_alone(tmp_path):
     result = json.loads(run_python(PACKED_VS_ALONE.format(out=str(tmp_path), config=CONFIG), devices=1).splitlines()[-1])
     assert result["statuses"] == ["complete"] * 3 and result["packed_counts"] == [3] * 3 and result["seeds"] == [0, 1, 2]

@@ -78,6 +78,7 @@ def test_bad_output_directory_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "is not writable" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quickstart_end_to_end_and_resume(tmp_path):
     """The real pipeline on the synthetic dataset (2 tiny runs): sweep, fits, samples, report; a rerun
     trains nothing again and reuses the samples."""
@@ -117,6 +118,7 @@ def test_quickstart_end_to_end_and_resume(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_sampling_sweep_point_scores_a_trained_run(tmp_path):
     """Train one tiny run, then score it as a sampling-sweep point would: other settings, nothing retrained."""
     import subprocess

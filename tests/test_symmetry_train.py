@@ -214,6 +214,7 @@ def test_invariance_loss_vanishes_without_augmentation_at_init():
     assert float(loss) < 1e-8 and float(metrics["inv_mse"]) < 1e-8
 
 
+@pytest.mark.slow
 def test_vae_combinations_train_and_report_a_bound():
     """AugVAE and prototype-VAE on top of an (untrained) SGM: finite bounds with standard errors."""
     from mdiff.symmetry.train import Trainer, family_and_bounds

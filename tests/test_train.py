@@ -307,6 +307,7 @@ def _finish(proc, timeout=600):
     assert proc.returncode == 0, err[-4000:]
 
 
+@pytest.mark.slow
 def test_sigkill_at_an_arbitrary_step_then_resume_is_bitwise(tmp_path):
     overrides = ("train.tokens=10240", "train.log_every=1", "train.checkpoint_every=7", "train.eval_every=0")
     reference, killed = tmp_path / "reference", tmp_path / "killed"
@@ -328,6 +329,7 @@ def test_sigkill_at_an_arbitrary_step_then_resume_is_bitwise(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_of_four_devices_match_one_of_eight(tmp_path, reference_run):
     from helpers import free_port
