@@ -124,6 +124,7 @@ def _aot_report(size, vocab, seq_len, batch, shape, tmp_path):
     return memory
 
 
+@pytest.mark.slow  # the 3b compile below covers the same path by default
 def test_aot_compile_small_preset_on_fsdp_tensor_mesh(tmp_path):
     memory = _aot_report("cpu-m", VOCAB, 64, 8, (2, 2, 2), tmp_path)
     assert memory["argument_size_in_bytes"] > 0

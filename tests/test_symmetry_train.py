@@ -246,7 +246,7 @@ def test_config_errors_name_key_and_value():
         load_config(TINY, ["--config.data.name=mnist"])
 
 
-@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("channels", [pytest.param(1, marks=pytest.mark.slow), 3])  # grey is slow: colour covers it
 def test_cnn_inference_net_shapes_identity_at_init_and_trains(channels):
     """The CNN option for q(eta | x): right output shape, identity at init, and an invariance-loss step moves it."""
     import optax

@@ -338,6 +338,19 @@ def rows_repeated(config: ConfigDict, split: str) -> int:
     return 2 if split == "train" and bool(config.diffusion.anti_masking) else 1
 
 
+def rows_per_host(global_batch: int, process_count: int, repeat: int, what: str = "config.train.batch") -> int:
+    """The one rule for splitting a batch over processes: each host reads an equal, contiguous share, and
+    with anti-masking (`repeat` 2) that share is whole pairs. Returns the distinct rows (lanes) per host."""
+    if global_batch % process_count:
+        raise ConfigError(f"{what}={global_batch}: must be divisible by the {process_count} processes")
+    if (global_batch // process_count) % repeat:
+        raise ConfigError(
+            f"{what}={global_batch}: with diffusion.anti_masking each host's rows come in pairs; "
+            f"the per-host batch {global_batch // process_count} must be even"
+        )
+    return global_batch // process_count // repeat
+
+
 def make_pipeline(
     config: ConfigDict,
     split: str = "train",
@@ -358,15 +371,8 @@ def make_pipeline(
     what = "config.train.batch" if batch is None else "the evaluation batch"
     if process_count < 1 or not 0 <= process_index < process_count:
         raise PipelineError(f"process_index={process_index} must lie in [0, process_count={process_count})")
-    if global_batch % process_count:
-        raise ConfigError(f"{what}={global_batch}: must be divisible by the {process_count} processes")
     repeat = rows_repeated(config, split)
-    if (global_batch // process_count) % repeat:
-        raise ConfigError(
-            f"{what}={global_batch}: with diffusion.anti_masking each host's rows come in pairs; "
-            f"the per-host batch {global_batch // process_count} must be even"
-        )
-    local = global_batch // process_count // repeat  # distinct rows (lanes) per host
+    local = rows_per_host(global_batch, process_count, repeat, what)  # distinct rows (lanes) per host
     num_workers = int(config.data.num_workers)
     if num_workers and local % num_workers:
         raise ConfigError(f"config.data.num_workers={num_workers}: must divide the per-host distinct rows {local}")

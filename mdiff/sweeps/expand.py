@@ -143,12 +143,11 @@ def check_fit(config: Any, devices: int, hosts: int = 1) -> None:
     target = rules.get("batch")
     axes = (target,) if isinstance(target, str) else tuple(target or ())
     split = math.prod(sizes.get(a, 1) for a in axes)
-    from mdiff.train.defaults import check_batch_layout  # the trainer's own rule
+    from mdiff.data.pipeline import rows_per_host, rows_repeated  # the trainer's own rules
+    from mdiff.train.defaults import check_batch_layout
 
     check_batch_layout(config, split)
-    micro = train.batch // max(1, train.get("microbatches", 1))
-    if micro % hosts:
-        raise SweepError(f"config.train.batch={train.batch} (microbatch {micro}) does not split over {hosts} hosts")
+    rows_per_host(train.batch, hosts, rows_repeated(config, "train"))
     _check_heads(config, sizes)
 
 
