@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from mdiff.errors import InputError
+from mdiff.errors import EXIT_FAILED, InputError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -43,7 +43,7 @@ STATUSES = ("complete", "failed", "preempted", "running")
 LOCK_FILE = ".lock"  # held (flock) by the one trainer of this run directory
 # The exit status of a trainer per final status; 75 is EX_TEMPFAIL (sysexits.h): "try again later".
 EXIT_PREEMPTED = 75
-EXIT_STATUS = {"complete": 0, "failed": 1, "preempted": EXIT_PREEMPTED}
+EXIT_STATUS = {"complete": 0, "failed": EXIT_FAILED, "preempted": EXIT_PREEMPTED}
 
 # Files an mdiff run writes; `--overwrite` only ever deletes a folder that holds config.json.
 RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_DIR)

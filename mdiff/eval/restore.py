@@ -3,7 +3,8 @@ and the parameters.
 
 The model is rebuilt exactly as training builds it (`mdiff.train.loop.model_setup`: same shape, residual
 scale and mesh) and the parameters of the run's final checkpoint (not its optimiser state) are restored
-through the training checkpointer, read-only: reading a run changes nothing in its directory. An older step is used only when asked for by number.
+through the training checkpointer, read-only: reading a run changes nothing in its directory. An older
+step is used only when asked for by number.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def load_run(workdir: str | pathlib.Path, step: int | None = None) -> LoadedRun:
             what = "the run's final step" if step is None else "--step"
             raise rundir.WorkdirError(f"--workdir {workdir}: no checkpoint of step {want} ({what}); on disk: {on_disk}{hint}")
         try:
-            restored, _ = checkpointer.restore_params(want, model.abstract_pure(), check_meta=loop.shape_checker(model, workdir))
+            check = loop.shape_checker(model, workdir)
+            restored, _ = checkpointer.restore_params(want, model.abstract_pure(), check_meta=check)
         except CheckpointError as e:
             raise rundir.WorkdirError(f"--workdir {workdir}: {e}{hint}") from None
     finally:

@@ -135,6 +135,20 @@ class Checkpointer:
 
     def restore_step(self, step: int, abstract_state: Any, *, check_meta=None) -> tuple[Any, dict[str, Any]]:
         """(state, meta) of `step`; CheckpointError (one line) if it is unreadable. Changes nothing on disk."""
+        return self._restore(step, ocp.args.StandardRestore(abstract_state), check_meta)
+
+    def restore_params(self, step: int, abstract_params: Any, *, check_meta=None) -> tuple[Any, dict[str, Any]]:
+        """(params, meta) of `step`, reading only the parameters of the saved train state (no optimiser
+        state is built or read); CheckpointError (one line) if it is unreadable."""
+        target = {"params": abstract_params}
+        args = ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+        )
+        state, meta = self._restore(step, args, check_meta)
+        return state["params"], meta
+
+    def _restore(self, step: int, state_args: Any, check_meta) -> tuple[Any, dict[str, Any]]:
+        """Read `step`'s meta, let `check_meta` refuse it, then its state item with `state_args`."""
         try:
             meta = self.read_meta(step)
         except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable
@@ -142,29 +156,10 @@ class Checkpointer:
         if check_meta is not None:
             check_meta(meta)  # another model shape is a config error, not a damaged step
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=state_args))
         except Exception as e:  # noqa: BLE001
             raise _unreadable(step, e) from None
         return restored["state"], meta
-
-    def restore_params(self, step: int, abstract_params: Any, *, check_meta=None) -> tuple[Any, dict[str, Any]]:
-        """(params, meta) of `step`, reading only the parameters of the saved train state (no optimiser
-        state is built or read); CheckpointError (one line) if it is unreadable."""
-        try:
-            meta = self.read_meta(step)
-        except Exception as e:  # noqa: BLE001
-            raise _unreadable(step, e) from None
-        if check_meta is not None:
-            check_meta(meta)
-        target = {"params": abstract_params}
-        args = ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
-        )
-        try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(state=args))
-        except Exception as e:  # noqa: BLE001
-            raise _unreadable(step, e) from None
-        return restored["state"]["params"], meta
 
     def _set_aside(self, step: int, error: BaseException) -> None:
         """Move an unreadable step out of orbax's sight so later saves of that step can proceed."""

@@ -90,7 +90,8 @@ class _Point:
         self.loop: Any = None
 
     def restore(self, step: int) -> tuple[Any, dict]:
-        state, meta = self.checkpointer.restore_step(step, self.run.abstract_state, check_meta=loop_lib.shape_checker(self.run.model, self.run.workdir))
+        check = loop_lib.shape_checker(self.run.model, self.run.workdir)
+        state, meta = self.checkpointer.restore_step(step, self.run.abstract_state, check_meta=check)
         self.pipeline.set_state(loop_lib.own_data_state(meta["data"]))
         return state, dict(wall_before=float(meta.get("wall_s", 0.0)), window=meta.get("window_sums", {}))
 
