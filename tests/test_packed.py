@@ -13,7 +13,8 @@ from mdiff.train import packed
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = str(ROOT / "experiments/quickstart.py:test")
 
-# One device, as packing requires: trains three seeds packed and each alone, and reports both runs' records.
+# One device, as packing requires: trains three points (each its own seed and peak lr) packed and each alone,
+# and reports both runs' records.
 PACKED_VS_ALONE = """
 import json, pathlib, sys
 from mdiff import rundir
@@ -22,7 +23,8 @@ from mdiff.train import packed
 from mdiff.train.loop import train_and_evaluate
 
 out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else {out!r})
-configs = [load_config({config!r}, [f"--config.seed={{s}}", f"--config.name=p{{s}}"]) for s in (0, 1, 2)]
+LRS = (3e-3, 6e-3, 1.5e-3)
+configs = [load_config({config!r}, [f"--config.seed={{s}}", f"--config.name=p{{s}}", f"--config.optim.lr={{LRS[s]}}"]) for s in (0, 1, 2)]
 summaries = packed.train_packed(configs, [out / f"packed{{i}}" for i in range(3)])
 for i, c in enumerate(configs):
     train_and_evaluate(c, out / f"alone{{i}}")
@@ -32,6 +34,7 @@ print(json.dumps({{
     "statuses": [s["status"] for s in summaries],
     "packed_counts": [rundir.read_summary(out / f"packed{{i}}")["packed"] for i in range(3)],
     "seeds": [json.loads((out / f"packed{{i}}" / rundir.CONFIG_FILE).read_text())["seed"] for i in range(3)],
+    "lrs": [json.loads((out / f"packed{{i}}" / rundir.CONFIG_FILE).read_text())["optim"]["lr"] for i in range(3)],
     "metrics": {{d: records(d, rundir.METRICS_FILE) for d in [f"{{k}}{{i}}" for k in ("packed", "alone") for i in range(3)]}},
     "evals": {{d: records(d, rundir.EVAL_FILE) for d in [f"{{k}}{{i}}" for k in ("packed", "alone") for i in range(3)]}},
 }}))
@@ -42,11 +45,14 @@ print(json.dumps({{
 def test_packed_points_equal_the_points_trained_alone(tmp_path):
     result = json.loads(run_python(PACKED_VS_ALONE.format(out=str(tmp_path), config=CONFIG), devices=1).splitlines()[-1])
     assert result["statuses"] == ["complete"] * 3 and result["packed_counts"] == [3] * 3 and result["seeds"] == [0, 1, 2]
+    assert result["lrs"] == [3e-3, 6e-3, 1.5e-3]
     worst = 0.0
     for i in range(3):
         alone = {r["step"]: r["loss"] for r in result["metrics"][f"alone{i}"]}
         pack = {r["step"]: r["loss"] for r in result["metrics"][f"packed{i}"]}
         assert alone.keys() == pack.keys() and len(alone) >= 4
+        # each point logs its own schedule's lr, as when it trains alone
+        assert [r["lr"] for r in result["metrics"][f"packed{i}"]] == [r["lr"] for r in result["metrics"][f"alone{i}"]]
         worst = max(worst, max(abs(alone[k] - pack[k]) / abs(alone[k]) for k in alone))
         for ea, ep in zip(result["evals"][f"alone{i}"], result["evals"][f"packed{i}"], strict=True):
             assert ea["step"] == ep["step"]
@@ -68,7 +74,12 @@ def test_only_same_shape_points_pack():
     assert reason is not None and "model.size" in reason
     mix = ("--config.data.mix.text=0.6", "--config.data.mix.image=0.2", "--config.data.mix.audio=0.2")
     assert packed.pack_key(a) == packed.pack_key(point_config(5, *mix))  # seeds and mixtures are data
-    assert packed.pack_key(a) != packed.pack_key(point_config(0, "--config.optim.lr=0.01"))
+    # The peak lr is a per-point scale of the update, unless weight decay is decoupled from it.
+    assert packed.pack_key(a) == packed.pack_key(point_config(0, "--config.optim.lr=0.01"))
+    decoupled = ("--config.optim.weight_decay_scaling=linear",)
+    assert packed.pack_key(point_config(0, *decoupled)) != packed.pack_key(point_config(0, "--config.optim.lr=0.01", *decoupled))
+    reason = packed.unpackable_reason([point_config(0, *decoupled), point_config(1, "--config.optim.lr=0.01", *decoupled)])
+    assert reason is not None and "optim.lr" in reason
     with pytest.raises(ConfigError, match="cannot train packed"):
         packed.train_packed([a, point_config(1, "--config.model.size=cpu-xs")], ["/nonexistent/a", "/nonexistent/b"])
 

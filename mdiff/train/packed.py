@@ -1,9 +1,10 @@
 """Packed training: several same-shape sweep points in one compiled program.
 
 Points that differ only in what can be an array or a data stream (PER_POINT_KEYS: the seed, which
-fixes the initial parameters, the noise stream and the data order, and the data mixture) train
-together: their states are stacked along a leading axis and one `jax.vmap` of the ordinary train step
-updates them all, each from its own batch. Everything else about a point stays as when it trains alone
+fixes the initial parameters, the noise stream and the data order, and the data mixture; and the peak
+learning rate where the update is proportional to it, see `lr_is_a_scale`) train together: their
+states are stacked along a leading axis and one `jax.vmap` of the ordinary train step updates them
+all, each from its own batch (and with its own lr, as a scale of the shared update rule). Everything else about a point stays as when it trains alone
 (mdiff.train.loop): its own run directory, config.json, metrics.jsonl, eval.jsonl, checkpoints (at
 the same steps, so a killed job resumes exactly), summary.json and hence its results.csv row. A point
 whose loss turns non-finite is recorded as failed and left out of every later record and checkpoint;
@@ -40,15 +41,26 @@ log = logging.getLogger(__name__)
 
 # Config keys a packed point may set on its own: everything the compiled step sees as data.
 PER_POINT_KEYS = ("name", "seed", "data.mix", "data.i2t_fraction", "data.s2t_fraction")
+LR_KEY = "optim.lr"
 
 
-def _per_point(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in PER_POINT_KEYS)
+def lr_is_a_scale(config: Any) -> bool:
+    """Whether every parameter update is proportional to the peak lr, so that points differing only in
+    `optim.lr` share one update rule scaled per point: true unless weight decay is decoupled from the lr
+    (Loshchilov-Hutter, `optim.weight_decay_scaling=linear`), whose decay term does not scale with it.
+    (Every other use of the lr is linear: sqrt(kappa) x lr, the schedule's shape, CompleteP's multipliers.)"""
+    plan = sde.plan(config)
+    return not (plan.decoupled_decay and plan.weight_decay)
+
+
+def _per_point(key: str, config: Any) -> bool:
+    keys = PER_POINT_KEYS + ((LR_KEY,) if lr_is_a_scale(config) else ())
+    return any(key == k or key.startswith(k + ".") for k in keys)
 
 
 def pack_key(config: Any) -> str:
     """Points with equal keys can train packed: the config without its per-point keys."""
-    shared = {k: v for k, v in rundir.flatten_dict(rundir.config_dict(config)).items() if not _per_point(k)}
+    shared = {k: v for k, v in rundir.flatten_dict(rundir.config_dict(config)).items() if not _per_point(k, config)}
     return json.dumps(shared, sort_keys=True, default=str)
 
 
@@ -61,7 +73,7 @@ def unpackable_reason(configs: Sequence[Any]) -> str | None:
     first = rundir.flatten_dict(rundir.config_dict(configs[0]))
     for c in configs[1:]:
         other = rundir.flatten_dict(rundir.config_dict(c))
-        diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k) and not _per_point(k))
+        diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k) and not _per_point(k, configs[0]))
         if diff:
             return f"{c.get('name', '?')} differs from {configs[0].get('name', '?')} in {', '.join(diff[:3])}"
     return None
@@ -151,6 +163,8 @@ def _train(points: list[_Point], preemption: loop_lib.Preemption) -> list[dict[s
         p.loop.evaluate = loop_lib.make_evaluator(p.run, eval_step)
     setup = step_lib.loss_setup(base.config, base.graphdef, base.abstract_params, base.vocab)
     packed_step = jax.jit(jax.vmap(step_lib.make_train_step(setup, base.tx, base.config.train.microbatches)), donate_argnums=0)
+    # Each point's peak lr as a scale of the first point's update rule (1 where they agree; see lr_is_a_scale).
+    lr_scales = np.asarray([p.run.plan.lr / base.plan.lr for p in points], np.float32)
     t, total = base.config.train, base.plan.steps
     summaries: dict[int, dict] = {}
     pending: tuple[int, Any] | None = None
@@ -160,7 +174,7 @@ def _train(points: list[_Point], preemption: loop_lib.Preemption) -> list[dict[s
             while step < total and any(p.active for p in points):
                 rows = [next(p.pipeline) for p in points]
                 batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-                state, metrics = packed_step(state, batch)
+                state, metrics = packed_step(state, batch, lr_scales)
                 step += 1
                 if pending is not None:
                     _record(points, *pending, summaries)
