@@ -10,8 +10,8 @@ depth), and the optimum's shift per grid step (analysis/transfer.py, `mdiff repo
 
 Variants:
   cpu   widths 16, 32, 64, 128 (8x) at depth 2 and depths 2, 8 at width 32; head dim 16, MLP 3 x width;
-        lr 3e-3 ... 2.4e-2 in factors of 2 (4 values); 64 steps of 8 x 128 tokens on the embedded dataset;
-        2 seeds (40 points x 2 = 80 runs)
+        lr 3e-3 ... 9.6e-2 in factors of 2 (6 values); 64 steps of 8 x 128 tokens on the embedded dataset;
+        3 seeds (60 points x 3 = 180 runs; each shape and parameterisation's 18 runs train packed)
   pod   widths 512 ... 4096 (8x) at depth 8 and depths 4 ... 32 at width 1024 on the pilot's data and
         batch (head dim 128), lr 2^-12 ... 2^-6, 2 seeds, 3.25B tokens each; 64 devices on 8 hosts
 """
@@ -35,7 +35,8 @@ def shapes(widths, depths, width_base: int, depth_base: int, head_dim: int, mlp_
 
 
 CPU_WIDTHS, CPU_DEPTHS, CPU_BASE = (16, 32, 64, 128), (2, 8), (32, 2)
-CPU_LRS = (3e-3, 6e-3, 1.2e-2, 2.4e-2)
+CPU_LRS = (3e-3, 6e-3, 1.2e-2, 2.4e-2, 4.8e-2, 9.6e-2)
+CPU_SEEDS = (0, 1, 2)
 CPU_STEPS, CPU_BATCH, CPU_SEQ = 64, 8, 128
 CPU_COMMON = {
     "model.size": "",  # the explicit shapes of the grid
@@ -59,7 +60,7 @@ def get_sweep(variant: str) -> Sweep:
     if variant == "cpu":
         grid = shapes(CPU_WIDTHS, CPU_DEPTHS, *CPU_BASE, head_dim=16, mlp_ratio=3)
         # Seeds vary slowest: a partial sweep has every point once, and the second seed reuses compiled programs.
-        points = product(sweep("seed", [0, 1]), grid, sweep("optim.completep", [False, True]), sweep("optim.lr", CPU_LRS))
+        points = product(sweep("seed", CPU_SEEDS), grid, sweep("optim.completep", [False, True]), sweep("optim.lr", CPU_LRS))
         return Sweep(config="experiments/quickstart.py:cpu-xs", points=points, common=CPU_COMMON,
                      description="lr x width and lr x depth, SP vs CompleteP")  # fmt: skip
     grid = shapes(POD_WIDTHS, POD_DEPTHS, *POD_BASE, head_dim=128, mlp_ratio=8 / 3)

@@ -44,6 +44,8 @@ def test_transfer_grid(variant):
     lrs = sorted({c.optim.lr for c in configs})
     assert len(lrs) >= 4 and all(math.isclose(b / a, 2.0) for a, b in zip(lrs, lrs[1:]))
     assert {c.optim.completep for c in configs} == {False, True} and len({c.seed for c in configs}) >= 2
+    if variant == "cpu":  # the grid reaches past every optimum the 4-value grid found at its top edge, 3 seeds
+        assert max(lrs) >= 9.6e-2 and len({c.seed for c in configs}) >= 3
     assert all(sde.plan(c).kappa == 1.0 and sde.plan(c).lr == c.optim.lr for c in configs)  # optim.lr is the lr used
 
 

@@ -84,7 +84,7 @@ def test_cpu_mixing_and_schedule_studies_have_seeds():
     mixing = expand(load_sweep("mixing:cpu"))
     mixes = {tuple(r.overrides[f"data.mix.{m}"] for m in ("text", "image", "audio")) for r in mixing}
     assert len(mixes) == 6 and all(abs(sum(m) - 1) < 1e-9 and min(m) >= 0.2 - 1e-9 for m in mixes)
-    assert {r.overrides["seed"] for r in mixing} == {0, 1} and len(mixing) == 7
+    assert {r.overrides["seed"] for r in mixing} == {0, 1, 2} and len(mixing) == 18  # every mix at 3 seeds
     schedules = expand(load_sweep("schedules:cpu"))
     per_run = [{r.overrides[f"diffusion.schedule.{m}"] for m in ("text", "image", "audio")} for r in schedules]
     assert all(len(s) == 1 for s in per_run) and len({frozenset(s) for s in per_run}) == 3
