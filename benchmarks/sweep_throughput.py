@@ -1,15 +1,19 @@
 """Sweep throughput: same-shape points trained as today (one process each, two at a time) vs packed.
 
-    python benchmarks/sweep_throughput.py             # 8 seeds of the quickstart's cpu-s, 100 steps each
-    python benchmarks/sweep_throughput.py --quick     # 8 seeds of the synthetic `test` variant (seconds)
+    python benchmarks/sweep_throughput.py             # 8 points of the quickstart's cpu-s, 100 steps each
+    python benchmarks/sweep_throughput.py --quick     # 8 points of the synthetic `test` variant (seconds)
 
-Three parts, all in this one run (the machine may be shared: compare the ratios, not the absolute times):
+Point i has seed i and the variant's lr (even i) or twice it (odd i).
+
+Four parts, all in this one run (the machine may be shared: compare the ratios, not the absolute times):
   1. sequential: `python -m mdiff train` per point, two processes at a time (what `mdiff sweep run
      --parallel 2` did before packing);
   2. packed: one `python -m mdiff.train.packed` process for all points (what the runner does now);
      points per hour, aggregate tokens/s, and the largest relative difference between a point's logged
      losses in the two modes;
-  3. head: the cpu-s train step with the full-vocabulary head (model.head=full) vs the target-only head
+  3. step: one point's compiled train step alone vs the vmap-packed step of all points, timed in
+     alternation in one process (what packing gains or loses per point-step, fixed costs aside);
+  4. head: the cpu-s train step with the full-vocabulary head (model.head=full) vs the target-only head
      (model.head=targets) on the same state and batches, timed interleaved; the median step-time ratio.
 The last stdout line is one JSON object.
 """
@@ -34,9 +38,15 @@ sys.path.insert(0, str(ROOT))
 from bench_common import machine  # noqa: E402
 
 
+# Point i: seed i, at the variant's lr (even i) or twice it (odd i), so the grid packs seeds and lrs.
+LRS = {"test": 3e-3, "cpu-s": 3e-3}  # the variants' own optim.lr
+
+
 def point_overrides(seed: int, steps: int, variant: str) -> list[str]:
     batch, seq = (8, 32) if variant == "test" else (16, 128)
-    return [f"--config.seed={seed}", f"--config.name=seed{seed}", f"--config.train.tokens={batch * seq * steps}",
+    lr = LRS[variant] * (2 if seed % 2 else 1)
+    return [f"--config.seed={seed}", f"--config.name=seed{seed}", f"--config.optim.lr={lr}",
+            f"--config.train.tokens={batch * seq * steps}",
             f"--config.optim.tokens_base={batch * seq * steps}", "--config.train.progress=False"]
 
 
@@ -65,17 +75,23 @@ def run_sequential(config: str, seeds: list[int], steps: int, variant: str, out:
     return time.perf_counter() - start
 
 
-def run_packed(config: str, seeds: list[int], steps: int, variant: str, out: pathlib.Path) -> float:
-    """Wall seconds to train every point in one packed process."""
-    spec = [{"config": config, "workdir": str(out / f"seed{s}"), "overrides": point_overrides(s, steps, variant)} for s in seeds]
-    spec_path = out / "spec.json"
+def run_packed(config: str, seeds: list[int], steps: int, variant: str, out: pathlib.Path, jobs: int = 1) -> float:
+    """Wall seconds to train every point packed: `jobs` concurrent `mdiff.train.packed` processes with the
+    points dealt out between them (jobs=1 is what the runner does)."""
     out.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps(spec))
+    argvs = []
+    for j in range(jobs):
+        spec = [{"config": config, "workdir": str(out / f"seed{s}"), "overrides": point_overrides(s, steps, variant)}
+                for s in seeds[j::jobs]]
+        (out / f"spec{j}.json").write_text(json.dumps(spec))
+        argvs.append([sys.executable, "-m", "mdiff.train.packed", str(out / f"spec{j}.json")])
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "mdiff.train.packed", str(spec_path)], cwd=ROOT, capture_output=True,
-                          text=True, env=dict(os.environ, MDIFF_PROGRESS="0"))
-    if proc.returncode != 0:
-        raise RuntimeError(f"packed: exit {proc.returncode}: {proc.stderr[-3000:]}")
+    procs = [subprocess.Popen(a, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, MDIFF_PROGRESS="0")) for a in argvs]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"packed: exit {proc.returncode}: {err[-3000:]}")
     return time.perf_counter() - start
 
 
@@ -119,13 +135,51 @@ def head_ratio(config_spec: str, repeats: int) -> dict:
             "loss_rel_diff": abs(loss["full"] - loss["targets"]) / abs(loss["full"]), "repeats": repeats}
 
 
+def step_ratio(config_spec: str, points: int, repeats: int) -> dict:
+    """Median seconds of one point's train step alone and of the vmap-packed step of `points` points (what
+    mdiff.train.packed compiles), timed in alternation in this process; the per-point-step ratio."""
+    import jax
+    import numpy as np
+
+    from mdiff.config import load_config
+    from mdiff.data.pipeline import make_pipeline
+    from mdiff.train import loop, step as step_lib
+
+    config = load_config(config_spec, [])
+    pipeline = make_pipeline(config, "train")
+    run = loop.setup(config, None, pipeline.vocab)
+    fn = step_lib.make_train_step(step_lib.loss_setup(config, run.graphdef, run.abstract_params, run.vocab), run.tx,
+                                  config.train.microbatches)
+    batches = [next(pipeline) for _ in range(points)]
+    pipeline.close()
+    state = loop.init_state(run)
+    lone, packed = jax.jit(fn), jax.jit(jax.vmap(fn))
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *[jax.device_get(state)] * points)
+    batch = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    scales = np.ones(points, np.float32)
+    jax.block_until_ready((lone(state, batches[0]), packed(stacked, batch, scales)))  # compile
+    times: dict[str, list[float]] = {"lone": [], "packed": []}
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(lone(state, batches[r % points]))
+        times["lone"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        jax.block_until_ready(packed(stacked, batch, scales))
+        times["packed"].append(time.perf_counter() - t0)
+    lone_s, packed_s = statistics.median(times["lone"]), statistics.median(times["packed"])
+    return {"points": points, "ms_lone": 1e3 * lone_s, "ms_packed": 1e3 * packed_s,
+            "ms_packed_per_point": 1e3 * packed_s / points, "per_point_speedup": lone_s * points / packed_s,
+            "repeats": repeats}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="synthetic `test` variant: checks that the script runs")
     parser.add_argument("--points", type=int, default=8)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--head-repeats", type=int, default=10)
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: sweep,head")
+    parser.add_argument("--packed-jobs", type=int, default=1, help="packed processes at once (the runner uses 1)")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: sweep,step,head")
     args = parser.parse_args()
     variant = "test" if args.quick else "cpu-s"
     config = f"experiments/quickstart.py:{variant}"
@@ -139,7 +193,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="mdiff-sweep-throughput-") as tmp:
             tmp = pathlib.Path(tmp)
             seq_s = run_sequential(config, seeds, steps, variant, tmp / "sequential")
-            packed_s = run_packed(config, seeds, steps, variant, tmp / "packed")
+            packed_s = run_packed(config, seeds, steps, variant, tmp / "packed", jobs=args.packed_jobs)
             diffs = []
             for s in seeds:
                 a, p = losses(tmp / "sequential" / f"seed{s}"), losses(tmp / "packed" / f"seed{s}")
@@ -148,12 +202,17 @@ def main() -> None:
                 diffs.append(max(abs(a[k] - p[k]) / abs(a[k]) for k in a))
         result.update(
             sequential={"wall_s": seq_s, "points_per_hour": 3600 * len(seeds) / seq_s, "tokens_per_s": tokens / seq_s},
-            packed={"wall_s": packed_s, "points_per_hour": 3600 * len(seeds) / packed_s, "tokens_per_s": tokens / packed_s},
+            packed={"jobs": args.packed_jobs, "wall_s": packed_s, "points_per_hour": 3600 * len(seeds) / packed_s, "tokens_per_s": tokens / packed_s},
             speedup_points_per_hour=seq_s / packed_s,
             max_loss_rel_diff=max(diffs),
         )
         print(f"[sweep] {len(seeds)} points x {steps} steps: sequential (2 at a time) {seq_s:.1f} s, packed {packed_s:.1f} s: "
               f"x{seq_s / packed_s:.2f} points/hour; largest loss difference {max(diffs):.1e}", flush=True)
+    if "step" not in skip:
+        result["step"] = step_ratio(config, len(seeds), 3 if args.quick else args.head_repeats)
+        st = result["step"]
+        print(f"[step] {variant}: one point {st['ms_lone']:.1f} ms, {st['points']} packed {st['ms_packed']:.1f} ms "
+              f"({st['ms_packed_per_point']:.1f} ms per point): x{st['per_point_speedup']:.2f} per point-step", flush=True)
     if "head" not in skip:
         result["head"] = head_ratio(config, 3 if args.quick else args.head_repeats)
         h = result["head"]
