@@ -37,11 +37,19 @@ CONFIG = str(ROOT / "experiments/symmetry_digits.py")
 
 
 def train_once(variant: str, overrides: list[str], workdir: pathlib.Path) -> dict:
+    """Train one run in `workdir`, or return its summary if a complete run of the same config is there (so a
+    long --vae table stopped part-way continues from its finished cells when run again)."""
+    from mdiff import rundir
     from mdiff.config import load_config
     from mdiff.symmetry import defaults  # noqa: F401
     from mdiff.symmetry.train import train_and_evaluate
 
     config = load_config(f"{CONFIG}:{variant}", overrides)
+    if (workdir / rundir.SUMMARY_FILE).exists() and (workdir / rundir.CONFIG_FILE).exists():
+        summary = rundir.read_summary(workdir)
+        if summary.get("status") == "complete" and rundir.read_config(workdir) == rundir.config_dict(config):
+            print(f"{workdir}: complete with this config, reused", file=sys.stderr)
+            return summary
     return train_and_evaluate(config, workdir, overwrite=True, log=lambda m: print(m, file=sys.stderr))
 
 
