@@ -4,10 +4,10 @@ Points that differ only in what can be an array or a data stream (PER_POINT_KEYS
 fixes the initial parameters, the noise stream and the data order, and the data mixture; and the peak
 learning rate where the update is proportional to it, see `lr_is_a_scale`) train together: their
 states are stacked along a leading axis and one `jax.vmap` of the ordinary train step updates them
-all, each from its own batch (and with its own lr, as a scale of the shared update rule). Everything else about a point stays as when it trains alone
-(mdiff.train.loop): its own run directory, config.json, metrics.jsonl, eval.jsonl, checkpoints (at
-the same steps, so a killed job resumes exactly), summary.json and hence its results.csv row. A point
-whose loss turns non-finite is recorded as failed and left out of every later record and checkpoint;
+all, each from its own batch (and with its own lr, as a scale of the shared update rule).
+Everything else about a point stays as when it trains alone (mdiff.train.loop): its own run
+directory, config.json, metrics.jsonl, eval.jsonl, checkpoints (at the same steps, so a killed job
+resumes exactly), summary.json and hence its results.csv row. A point whose loss turns non-finite is recorded as failed and left out of every later record and checkpoint;
 the others go on.
 
     python -m mdiff.train.packed SPEC.json
@@ -53,14 +53,19 @@ def lr_is_a_scale(config: Any) -> bool:
     return not (plan.decoupled_decay and plan.weight_decay)
 
 
-def _per_point(key: str, config: Any) -> bool:
-    keys = PER_POINT_KEYS + ((LR_KEY,) if lr_is_a_scale(config) else ())
+def per_point_keys(config: Any) -> tuple[str, ...]:
+    """The config keys points packed with this one may set on their own."""
+    return PER_POINT_KEYS + ((LR_KEY,) if lr_is_a_scale(config) else ())
+
+
+def _per_point(key: str, keys: tuple[str, ...]) -> bool:
     return any(key == k or key.startswith(k + ".") for k in keys)
 
 
 def pack_key(config: Any) -> str:
     """Points with equal keys can train packed: the config without its per-point keys."""
-    shared = {k: v for k, v in rundir.flatten_dict(rundir.config_dict(config)).items() if not _per_point(k, config)}
+    keys = per_point_keys(config)
+    shared = {k: v for k, v in rundir.flatten_dict(rundir.config_dict(config)).items() if not _per_point(k, keys)}
     return json.dumps(shared, sort_keys=True, default=str)
 
 
@@ -70,10 +75,10 @@ def unpackable_reason(configs: Sequence[Any]) -> str | None:
         return "fewer than two points"
     if jax.process_count() > 1:
         return f"{jax.process_count()} processes (packing runs in one process, on one device)"
-    first = rundir.flatten_dict(rundir.config_dict(configs[0]))
+    first, keys = rundir.flatten_dict(rundir.config_dict(configs[0])), per_point_keys(configs[0])
     for c in configs[1:]:
         other = rundir.flatten_dict(rundir.config_dict(c))
-        diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k) and not _per_point(k, configs[0]))
+        diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k) and not _per_point(k, keys))
         if diff:
             return f"{c.get('name', '?')} differs from {configs[0].get('name', '?')} in {', '.join(diff[:3])}"
     return None
