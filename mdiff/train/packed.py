@@ -7,8 +7,8 @@ states are stacked along a leading axis and one `jax.vmap` of the ordinary train
 all, each from its own batch (and with its own lr, as a scale of the shared update rule).
 Everything else about a point stays as when it trains alone (mdiff.train.loop): its own run
 directory, config.json, metrics.jsonl, eval.jsonl, checkpoints (at the same steps, so a killed job
-resumes exactly), summary.json and hence its results.csv row. A point whose loss turns non-finite is recorded as failed and left out of every later record and checkpoint;
-the others go on.
+resumes exactly), summary.json and hence its results.csv row. A point whose loss turns non-finite
+is recorded as failed and left out of every later record and checkpoint; the others go on.
 
     python -m mdiff.train.packed SPEC.json
 
