@@ -21,6 +21,7 @@ The last stdout line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -38,13 +39,17 @@ sys.path.insert(0, str(ROOT))
 from bench_common import machine  # noqa: E402
 
 
-# Point i: seed i, at the variant's lr (even i) or twice it (odd i), so the grid packs seeds and lrs.
-LRS = {"test": 3e-3, "cpu-s": 3e-3}  # the variants' own optim.lr
+@functools.cache
+def variant_lr(variant: str) -> float:
+    from mdiff.config import load_config
+
+    return float(load_config(f"experiments/quickstart.py:{variant}", []).optim.lr)
 
 
 def point_overrides(seed: int, steps: int, variant: str) -> list[str]:
+    """Point i: seed i, at the variant's lr (even i) or twice it (odd i), so the grid packs seeds and lrs."""
     batch, seq = (8, 32) if variant == "test" else (16, 128)
-    lr = LRS[variant] * (2 if seed % 2 else 1)
+    lr = variant_lr(variant) * (2 if seed % 2 else 1)
     return [f"--config.seed={seed}", f"--config.name=seed{seed}", f"--config.optim.lr={lr}",
             f"--config.train.tokens={batch * seq * steps}",
             f"--config.optim.tokens_base={batch * seq * steps}", "--config.train.progress=False"]
@@ -101,34 +106,48 @@ def losses(workdir: pathlib.Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rundir.read_jsonl(workdir / rundir.METRICS_FILE)}
 
 
+def compiled_step(config) -> tuple:
+    """(run, train-step function, train pipeline) as the trainer builds them, for timing the bare step."""
+    from mdiff.data.pipeline import make_pipeline
+    from mdiff.train import loop, step as step_lib
+
+    pipeline = make_pipeline(config, "train")
+    run = loop.setup(config, None, pipeline.vocab)
+    setup = step_lib.loss_setup(config, run.graphdef, run.abstract_params, run.vocab)
+    return run, step_lib.make_train_step(setup, run.tx, config.train.microbatches), pipeline
+
+
+def alternating_medians(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each call(r), the calls timed in alternation for r = 0 .. repeats - 1."""
+    import jax
+
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(repeats):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(call(r))
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def head_ratio(config_spec: str, repeats: int) -> dict:
     """Median train-step seconds with model.head=full and =targets, interleaved, same state and batches."""
     import jax
 
     from mdiff.config import load_config
-    from mdiff.data.pipeline import make_pipeline
-    from mdiff.train import loop, step as step_lib
+    from mdiff.train import loop
 
     steps, metrics = {}, {}
     for head in ("full", "targets"):
-        config = load_config(config_spec, [f"--config.model.head={head}"])
-        pipeline = make_pipeline(config, "train")
-        run = loop.setup(config, None, pipeline.vocab)
-        fn = step_lib.make_train_step(step_lib.loss_setup(config, run.graphdef, run.abstract_params, run.vocab), run.tx,
-                                      config.train.microbatches)
+        run, fn, pipeline = compiled_step(load_config(config_spec, [f"--config.model.head={head}"]))
         steps[head] = (run, jax.jit(fn))
     batches = [{k: jax.numpy.asarray(v) for k, v in next(pipeline).items()} for _ in range(4)]
     pipeline.close()
     state = loop.init_state(steps["full"][0])
     for head, (_, fn) in steps.items():  # compile, and the first step's loss from both heads
         metrics[head] = jax.device_get(fn(state, batches[0])[1])
-    times: dict[str, list[float]] = {h: [] for h in steps}
-    for r in range(repeats):
-        for head, (_, fn) in steps.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(state, batches[r % len(batches)]))
-            times[head].append(time.perf_counter() - t0)
-    med = {h: statistics.median(v) for h, v in times.items()}
+    med = alternating_medians({h: (lambda r, fn=fn: fn(state, batches[r % len(batches)])) for h, (_, fn) in steps.items()},
+                              repeats)
     loss = {h: float(m["nelbo_sum"]) / float(m["count"]) for h, m in metrics.items()}
     return {"config": config_spec, "ms_full": 1e3 * med["full"], "ms_targets": 1e3 * med["targets"],
             "speedup": med["full"] / med["targets"], "loss_full": loss["full"], "loss_targets": loss["targets"],
@@ -142,14 +161,9 @@ def step_ratio(config_spec: str, points: int, repeats: int) -> dict:
     import numpy as np
 
     from mdiff.config import load_config
-    from mdiff.data.pipeline import make_pipeline
-    from mdiff.train import loop, step as step_lib
+    from mdiff.train import loop
 
-    config = load_config(config_spec, [])
-    pipeline = make_pipeline(config, "train")
-    run = loop.setup(config, None, pipeline.vocab)
-    fn = step_lib.make_train_step(step_lib.loss_setup(config, run.graphdef, run.abstract_params, run.vocab), run.tx,
-                                  config.train.microbatches)
+    run, fn, pipeline = compiled_step(load_config(config_spec, []))
     batches = [next(pipeline) for _ in range(points)]
     pipeline.close()
     state = loop.init_state(run)
@@ -158,15 +172,9 @@ def step_ratio(config_spec: str, points: int, repeats: int) -> dict:
     batch = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
     scales = np.ones(points, np.float32)
     jax.block_until_ready((lone(state, batches[0]), packed(stacked, batch, scales)))  # compile
-    times: dict[str, list[float]] = {"lone": [], "packed": []}
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(lone(state, batches[r % points]))
-        times["lone"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        jax.block_until_ready(packed(stacked, batch, scales))
-        times["packed"].append(time.perf_counter() - t0)
-    lone_s, packed_s = statistics.median(times["lone"]), statistics.median(times["packed"])
+    med = alternating_medians({"lone": lambda r: lone(state, batches[r % points]),
+                               "packed": lambda r: packed(stacked, batch, scales)}, repeats)
+    lone_s, packed_s = med["lone"], med["packed"]
     return {"points": points, "ms_lone": 1e3 * lone_s, "ms_packed": 1e3 * packed_s,
             "ms_packed_per_point": 1e3 * packed_s / points, "per_point_speedup": lone_s * points / packed_s,
             "repeats": repeats}

@@ -47,7 +47,8 @@ def train_once(variant: str, overrides: list[str], workdir: pathlib.Path) -> dic
     config = load_config(f"{CONFIG}:{variant}", overrides)
     if (workdir / rundir.SUMMARY_FILE).exists() and (workdir / rundir.CONFIG_FILE).exists():
         summary = rundir.read_summary(workdir)
-        if summary.get("status") == "complete" and rundir.read_config(workdir) == rundir.config_dict(config):
+        same = not rundir.config_differences(rundir.read_config(workdir), rundir.config_dict(config))
+        if summary.get("status") == "complete" and same:
             print(f"{workdir}: complete with this config, reused", file=sys.stderr)
             return summary
     return train_and_evaluate(config, workdir, overwrite=True, log=lambda m: print(m, file=sys.stderr))
