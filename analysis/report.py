@@ -12,7 +12,9 @@ runs/<name>/, results.csv; see mdiff.sweeps.state):
 * schedules when a `diffusion.schedule...` column varies (with `mdiff nelbo` / `mdiff eval` files in runs/<name>/:
   the trained schedules on one estimator, and sample quality);
 * schedule invariance when runs/<name>/ hold `mdiff nelbo` files with two or more schedules;
-* sampling quality vs steps when a sampling-steps column varies.
+* sampling quality vs steps when a sampling-steps column varies;
+* symmetry model: recovery of a known distribution per stage-1 recipe (dSprites runs), and the VAE data-efficiency
+  table and figure (runs that trained VAEs), both from runs/<name>/summary.json.
 An analysis that cannot run on this table becomes a short note, never a crash of the whole report.
 
 Other code (the quickstart) adds its own sections: `build_report(dir, extra_sections=[Section(...)])`,
@@ -36,6 +38,7 @@ from analysis import batch as batch_analysis
 from analysis import antimasking, transfer
 from analysis import isoflop, mixing, plots, scaling, schedules, table
 from analysis import sampling as sampling_study
+from analysis import symmetry
 from analysis.errors import AnalysisError
 
 MODALITY_LOSSES = ("loss_text", "loss_image", "loss_audio")
@@ -493,6 +496,35 @@ def per_task_sampling_section(ctx: Context) -> Section:
     return Section("Sampling defaults", images=images, tables=tables, notes=notes)
 
 
+def symmetry_recovery_section(ctx: Context) -> Section | None:
+    groups = symmetry.recovery_summary(symmetry.complete_runs(ctx.report_dir.parent, ctx.df["name"].astype(str)))
+    if not groups:
+        return None
+    ctx.outputs["symmetry_recovery"] = groups
+    images = ctx.rel(symmetry.recovery_plot(groups, ctx.figure("symmetry_recovery")))
+    notes = ["W1 = Wasserstein-1 distance between each test prototype's learned p(eta | prototype) and the known "
+             "distribution of its shape, relative to the known half-width (0 = exact; a shape with no known rotation "
+             "is reported in degrees); q slope = slope of the inferred prototype's rotation against the applied one "
+             "(1 = invariant prototypes). Mean and 95% t-interval over seeds, per stage-1 recipe."]
+    return Section("Symmetry model: recovery of a known distribution", images=images, notes=notes,
+                   tables=[("Recovery per recipe (values per seed)", symmetry.recovery_frame(groups))])
+
+
+def symmetry_vae_section(ctx: Context) -> Section | None:
+    result = symmetry.vae_summary(symmetry.complete_runs(ctx.report_dir.parent, ctx.df["name"].astype(str)))
+    if not result["by_model"]:
+        return None
+    ctx.outputs["symmetry_vae"] = result
+    bounds, differences = symmetry.vae_frames(result)
+    images = ctx.rel(symmetry.vae_plot(result, ctx.figure("vae_loglik_vs_size")))
+    notes = ["Test importance-weighted bound on log p(x) in nats per image, the same test images for every "
+             "training-set size and seed; each VAE keeps its best validation checkpoint. The InvVAE weight bounds a "
+             "density over (prototype, eta), not log p(x) of the test pixels, so it is not paired with the others."]
+    return Section("Symmetry model: VAE data efficiency", images=images, notes=notes,
+                   tables=[("Test bound per model and training-set size (mean, 95% t-interval over seeds)", bounds),
+                           ("Paired differences by seed", differences)])
+
+
 ANALYSES: tuple[tuple[str, Callable[[Context], Section | None]], ...] = (
     ("scaling", scaling_section),
     ("per-modality", per_modality_section),
@@ -504,6 +536,8 @@ ANALYSES: tuple[tuple[str, Callable[[Context], Section | None]], ...] = (
     ("schedules", schedules_section),
     ("schedule invariance", schedule_invariance_section),
     ("sampling", sampling_section),
+    ("symmetry recovery", symmetry_recovery_section),
+    ("symmetry vae", symmetry_vae_section),
 )
 
 

@@ -89,3 +89,19 @@ def test_cpu_mixing_and_schedule_studies_have_seeds():
     per_run = [{r.overrides[f"diffusion.schedule.{m}"] for m in ("text", "image", "audio")} for r in schedules]
     assert all(len(s) == 1 for s in per_run) and len({frozenset(s) for s in per_run}) == 3
     assert {r.overrides["seed"] for r in schedules} == {0, 1} and len(schedules) == 6
+
+
+def test_symmetry_vae_is_sizes_by_seeds_with_every_vae_early_stopped():
+    """The data-efficiency study: >= 3 seeds at each of >= 2 training-set sizes spanning >= 8x; every cell trains
+    all four VAE kinds and stops each on its validation ELBO (patience > 0, checks well inside the step cap)."""
+    from mdiff.config import load_config
+    from mdiff.sweeps.define import override_args
+
+    sweep = load_sweep("symmetry:vae")
+    runs = expand(sweep)
+    sizes = {r.overrides["data.num_train"] for r in runs}
+    assert max(sizes) / min(sizes) >= 8
+    assert all(sum(r.overrides["data.num_train"] == n for r in runs) >= 3 for n in sizes)
+    config = load_config(sweep.config, override_args(sweep.common))
+    assert set(config.vae.models) == {"vae", "augvae", "protovae", "invvae"}
+    assert config.vae.patience > 0 and config.vae.valid_every * (config.vae.patience + 2) < config.vae.steps
