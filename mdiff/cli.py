@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mdiff.errors import EXIT_BAD_INPUT, InputError
-from mdiff.runtime import keep_freed_memory, reexec_with_huge_pages
+from mdiff.runtime import keep_freed_memory, reexec_with_huge_pages, use_compilation_cache
 
 
 # name -> (help, module, configure function, run function). Modules are imported when the parser is
@@ -126,6 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the command line, not a call from Python: restart once with huge-page malloc
         reexec_with_huge_pages()
     keep_freed_memory()  # before JAX's threads allocate: no page faults on XLA:CPU buffers each step
+    use_compilation_cache()  # every point of a sweep compiles the same programs: compile them once
     argv = list(sys.argv[1:] if argv is None else argv)
     argv, overrides = _split_overrides(argv)
     parser, runners = build_parser()

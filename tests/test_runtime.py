@@ -83,3 +83,44 @@ print("tunables", os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("start") == 2, "ran once without, once with the tunable"
     assert out.stdout.strip().splitlines()[-1] == f"tunables {runtime.HUGE_PAGES_TUNABLE} ['arg1']"
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistent compilation cache
+# ---------------------------------------------------------------------------------------------
+AVX512 = "processor : 0\nflags : fpu sse2 avx2 avx512f\n\nprocessor : 1\nflags : fpu sse2 avx2 avx512f\n"
+
+
+def test_cache_entries_are_kept_apart_per_cpu_feature_set_and_jax_version():
+    key = runtime.host_fingerprint(AVX512, "jax 1")
+    assert key == runtime.host_fingerprint(AVX512.replace("sse2 avx2", "avx2 sse2"), "jax 1")  # flag order: same CPU
+    assert key != runtime.host_fingerprint(AVX512.replace(" avx512f", ""), "jax 1")  # no AVX-512: other programs
+    assert key != runtime.host_fingerprint(AVX512, "jax 2")
+    assert key != runtime.host_fingerprint("", "jax 1")
+
+
+def test_cache_directory_from_the_environment(tmp_path):
+    assert runtime.compilation_cache_dir({"MDIFF_COMPILATION_CACHE": "0"}) is None
+    assert runtime.compilation_cache_dir({"MDIFF_COMPILATION_CACHE": str(tmp_path)}) == tmp_path
+    assert runtime.compilation_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "mdiff" / "xla"
+
+
+CACHE_USER = """
+import json, os
+from mdiff import runtime
+import jax
+first = runtime.use_compilation_cache()
+print(json.dumps({"dir": None if first is None else str(first), "jax": jax.config.jax_compilation_cache_dir,
+                  "again": str(runtime.use_compilation_cache())}))
+"""
+
+
+def test_use_compilation_cache_sets_a_host_subdirectory_and_respects_the_users_setting(tmp_path):
+    env = {"MDIFF_COMPILATION_CACHE": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": ""}
+    out = json.loads(run_python(CACHE_USER, env=env).strip().splitlines()[-1])
+    assert out["dir"] == out["jax"] == out["again"] and out["dir"].startswith(str(tmp_path) + os.sep)
+    off = json.loads(run_python(CACHE_USER, env={**env, "MDIFF_COMPILATION_CACHE": "0"}).strip().splitlines()[-1])
+    assert off["dir"] is None and not off["jax"]
+    mine = json.loads(run_python(CACHE_USER, env={**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "mine")})
+                      .strip().splitlines()[-1])
+    assert mine["dir"] == mine["jax"] == str(tmp_path / "mine")

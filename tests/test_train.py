@@ -92,6 +92,26 @@ def test_microbatches_give_the_same_update(tmp_path, anti_masking):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale), g1, g4)
 
 
+def test_seeds_share_one_compiled_initialisation_with_the_same_values():
+    """init_state takes the seed as an argument: a second seed adds no entry to the persistent cache (this module's
+    fixture turns it on), and each seed's state equals the one the seed-as-a-constant program builds."""
+    cache = pathlib.Path(jax.config.jax_compilation_cache_dir)
+
+    def run_for(seed):
+        config = _config(f"seed={seed}")
+        return loop.setup(config, None, make_pipeline(config, "train").vocab)
+
+    states = {seed: jax.device_get(loop.init_state(run_for(seed))) for seed in (3,)}
+    entries = sorted(p.name for p in cache.iterdir())
+    states[4] = jax.device_get(loop.init_state(run_for(4)))
+    assert sorted(p.name for p in cache.iterdir()) == entries
+    for seed, state in states.items():
+        run = run_for(seed)
+        constant = jax.device_get(jax.jit(lambda: loop.fresh_state(run, seed))())
+        assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), state, constant))
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(states[3]), jax.tree.leaves(states[4])))
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: clear errors before any work
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +129,12 @@ def test_mesh_that_does_not_match_devices(tmp_path):
     with pytest.raises(ConfigError, match=r"mesh.shape=.*needs 3 devices, have 8"):
         loop.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run" / rundir.CONFIG_FILE).exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31])
+def test_seed_outside_the_int32_range_is_refused(seed):
+    with pytest.raises(ConfigError, match=r"seed=.*must be in \[0, 2\*\*31\)"):
+        _config(f"seed={seed}")
 
 
 def test_horizon_shorter_than_one_step():

@@ -36,6 +36,8 @@ def train_defaults() -> ml_collections.ConfigDict:
 @register_validator("train")
 def validate_train(config: ConfigDict) -> None:
     t = config.train
+    if not 0 <= config.seed < 2**31:  # the compiled initialisation takes it as an int32 argument
+        fail("seed", config.seed, "must be in [0, 2**31)")
     if t.batch < 1:
         fail("train.batch", t.batch, "must be >= 1")
     if t.microbatches < 1 or t.batch % t.microbatches:

@@ -146,9 +146,12 @@ def setup(config: ConfigDict, workdir: pathlib.Path, vocab: UnifiedVocab, device
 
 
 def init_state(run: Run) -> dict:
-    """Initialise parameters and optimiser state directly in their shardings (never on one device)."""
+    """Initialise parameters and optimiser state directly in their shardings (never on one device). The seed is
+    an argument, not a constant, so runs that differ only in their seed compile one program (and share it
+    through the persistent compilation cache)."""
     with sharding.activation_mesh(run.mesh, run.config):
-        return jax.jit(lambda: fresh_state(run, run.config.seed), out_shardings=run.state_sharding)()
+        init = jax.jit(lambda seed: fresh_state(run, seed), out_shardings=run.state_sharding)
+        return init(np.int32(run.config.seed))
 
 
 def fresh_state(run: Run, seed: Any) -> dict:
