@@ -6,11 +6,14 @@
 Point i has seed i and the variant's lr (even i) or twice it (odd i).
 
 Four parts, all in this one run (the machine may be shared: compare the ratios, not the absolute times):
-  1. sequential: `python -m mdiff train` per point, two processes at a time (what `mdiff sweep run
-     --parallel 2` did before packing);
-  2. packed: one `python -m mdiff.train.packed` process for all points (what the runner does now);
+  1. sequential: `python -m mdiff train` per point, two processes at a time, without the compilation cache
+     (what `mdiff sweep run --parallel 2` did before packing and the cache: the target's baseline), and
+     sequential_cached: the same with a compilation cache that starts empty (points 2.. reuse point 1's
+     programs);
+  2. packed: one `python -m mdiff.train.packed` process for all points (what the runner does now), from
+     an empty cache, and packed_warm: again with the cache it left (a later packed job of the same sweep);
      points per hour, aggregate tokens/s, and the largest relative difference between a point's logged
-     losses in the two modes;
+     losses packed and alone;
   3. step: one point's compiled train step alone vs the vmap-packed step of all points, timed in
      alternation in one process (what packing gains or loses per point-step, fixed costs aside);
   4. head: the cpu-s train step with the full-vocabulary head (model.head=full) vs the target-only head
@@ -55,9 +58,11 @@ def point_overrides(seed: int, steps: int, variant: str) -> list[str]:
             f"--config.optim.tokens_base={batch * seq * steps}", "--config.train.progress=False"]
 
 
-def run_sequential(config: str, seeds: list[int], steps: int, variant: str, out: pathlib.Path, parallel: int = 2) -> float:
-    """Wall seconds to train every point in its own `mdiff train` process, `parallel` at a time."""
-    env = dict(os.environ, MDIFF_PROGRESS="0")
+def run_sequential(config: str, seeds: list[int], steps: int, variant: str, out: pathlib.Path, cache: str,
+                   parallel: int = 2) -> float:
+    """Wall seconds to train every point in its own `mdiff train` process, `parallel` at a time, with the
+    compilation cache `cache` (a directory, or "0": off)."""
+    env = dict(os.environ, MDIFF_PROGRESS="0", MDIFF_COMPILATION_CACHE=cache)
     todo = list(seeds)
     active: list[subprocess.Popen] = []
     start = time.perf_counter()
@@ -80,9 +85,10 @@ def run_sequential(config: str, seeds: list[int], steps: int, variant: str, out:
     return time.perf_counter() - start
 
 
-def run_packed(config: str, seeds: list[int], steps: int, variant: str, out: pathlib.Path, jobs: int = 1) -> float:
+def run_packed(config: str, seeds: list[int], steps: int, variant: str, out: pathlib.Path, cache: str,
+               jobs: int = 1) -> float:
     """Wall seconds to train every point packed: `jobs` concurrent `mdiff.train.packed` processes with the
-    points dealt out between them (jobs=1 is what the runner does)."""
+    points dealt out between them (jobs=1 is what the runner does), with the compilation cache `cache`."""
     out.mkdir(parents=True, exist_ok=True)
     argvs = []
     for j in range(jobs):
@@ -92,7 +98,7 @@ def run_packed(config: str, seeds: list[int], steps: int, variant: str, out: pat
         argvs.append([sys.executable, "-m", "mdiff.train.packed", str(out / f"spec{j}.json")])
     start = time.perf_counter()
     procs = [subprocess.Popen(a, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, MDIFF_PROGRESS="0")) for a in argvs]
+                              env=dict(os.environ, MDIFF_PROGRESS="0", MDIFF_COMPILATION_CACHE=cache)) for a in argvs]
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode != 0:
@@ -187,7 +193,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--head-repeats", type=int, default=10)
     parser.add_argument("--packed-jobs", type=int, default=1, help="packed processes at once (the runner uses 1)")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: sweep,step,head")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: sweep,cached,step,head (cached: "
+                        "the sweep part's modes with a compilation cache, sequential_cached and packed_warm)")
     args = parser.parse_args()
     variant = "test" if args.quick else "cpu-s"
     config = f"experiments/quickstart.py:{variant}"
@@ -198,24 +205,37 @@ def main() -> None:
     if "sweep" not in skip:
         batch, seq = (8, 32) if variant == "test" else (16, 128)
         tokens = len(seeds) * steps * batch * seq
+        modes: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="mdiff-sweep-throughput-") as tmp:
             tmp = pathlib.Path(tmp)
-            seq_s = run_sequential(config, seeds, steps, variant, tmp / "sequential")
-            packed_s = run_packed(config, seeds, steps, variant, tmp / "packed", jobs=args.packed_jobs)
+            # Each mode starts from an empty compilation cache, as a fresh sweep does (or from none at all).
+            modes["sequential"] = run_sequential(config, seeds, steps, variant, tmp / "sequential", "0")
+            if "cached" not in skip:
+                modes["sequential_cached"] = run_sequential(config, seeds, steps, variant, tmp / "sequential_cached",
+                                                            str(tmp / "cache_sequential"))
+            modes["packed"] = run_packed(config, seeds, steps, variant, tmp / "packed", str(tmp / "cache_packed"),
+                                         jobs=args.packed_jobs)
+            if "cached" not in skip:  # a later packed job of the same sweep: its programs are in the cache
+                modes["packed_warm"] = run_packed(config, seeds, steps, variant, tmp / "packed_warm",
+                                                  str(tmp / "cache_packed"), jobs=args.packed_jobs)
             diffs = []
             for s in seeds:
                 a, p = losses(tmp / "sequential" / f"seed{s}"), losses(tmp / "packed" / f"seed{s}")
                 if a.keys() != p.keys():
                     raise RuntimeError(f"seed {s}: logged steps differ between the modes")
                 diffs.append(max(abs(a[k] - p[k]) / abs(a[k]) for k in a))
-        result.update(
-            sequential={"wall_s": seq_s, "points_per_hour": 3600 * len(seeds) / seq_s, "tokens_per_s": tokens / seq_s},
-            packed={"jobs": args.packed_jobs, "wall_s": packed_s, "points_per_hour": 3600 * len(seeds) / packed_s, "tokens_per_s": tokens / packed_s},
-            speedup_points_per_hour=seq_s / packed_s,
+        for mode, wall in modes.items():
+            result[mode] = {"wall_s": wall, "points_per_hour": 3600 * len(seeds) / wall, "tokens_per_s": tokens / wall}
+        result["packed"]["jobs"] = args.packed_jobs
+        result.update(  # the target: packed against one uncached process per point, two at a time
+            speedup_points_per_hour=modes["sequential"] / modes["packed"],
+            speedup_vs_cached_sequential=modes.get("sequential_cached", float("nan")) / modes["packed"],
             max_loss_rel_diff=max(diffs),
         )
-        print(f"[sweep] {len(seeds)} points x {steps} steps: sequential (2 at a time) {seq_s:.1f} s, packed {packed_s:.1f} s: "
-              f"x{seq_s / packed_s:.2f} points/hour; largest loss difference {max(diffs):.1e}", flush=True)
+        print(f"[sweep] {len(seeds)} points x {steps} steps: " + ", ".join(f"{m} {w:.1f} s" for m, w in modes.items())
+              + f": packed x{modes['sequential'] / modes['packed']:.2f} points/hour against sequential"
+              + (f", x{result['speedup_vs_cached_sequential']:.2f} against sequential_cached" if "cached" not in skip else "")
+              + f"; largest loss difference {max(diffs):.1e}", flush=True)
     if "step" not in skip:
         result["step"] = step_ratio(config, len(seeds), 3 if args.quick else args.head_repeats)
         st = result["step"]
