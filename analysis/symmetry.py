@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from analysis.schedules import t_interval
-from mdiff.symmetry.defaults import VAE_MODELS
 
 Run = tuple[str, dict, dict]  # (name, config, summary)
 
@@ -31,7 +30,6 @@ STAGE1_KEYS = ("symmetric", "invertibility", "blur_sigma_init", "aug_init_mult",
 RECOVERY_METRICS = {"rotation_w1_rel": "w1_rel", "rotation_q_slope": "q_slope", "rotation_w1_deg": "w1"}  # name ->
 # summary key under recovery/class<i>/rotation/ (a name ending in _deg is converted from radians)
 SHIFT_METRICS = ("shift_x", "shift_y")
-VAE_KINDS = VAE_MODELS  # invvae: the paper's weight, not a bound on the same log p(x)
 VAE_NAMES = {"vae": "VAE", "augvae": "AugVAE", "protovae": "prototype-VAE",
              "invvae": "InvVAE weight (prototype frame, not log p(x))"}
 VAE_PAIRS = (("augvae", "vae"), ("protovae", "vae"), ("protovae", "augvae"))  # pixel-space rows only
@@ -156,9 +154,7 @@ def vae_cells(runs: Sequence[Run]) -> dict[str, dict[int, dict[int, dict]]]:
     """kind -> training-set size -> seed -> {test_iwlb, test_iwlb_median, best_step, stopped_step}."""
     cells: dict[str, dict[int, dict[int, dict]]] = {}
     for _, config, summary in runs:
-        for kind in VAE_KINDS:
-            if f"vae/{kind}/test_iwlb" not in summary:
-                continue
+        for kind in [k.split("/")[1] for k in summary if k.startswith("vae/") and k.endswith("/test_iwlb")]:
             figures = {k: summary[f"vae/{kind}/{k}"] for k in ("test_iwlb", "test_iwlb_median", "best_step", "stopped_step")}
             cells.setdefault(kind, {}).setdefault(int(config["data"]["num_train"]), {})[int(config["seed"])] = figures
     return cells
@@ -219,13 +215,13 @@ def vae_plot(result: dict[str, Any], path: str | pathlib.Path) -> list[pathlib.P
     by_model = result["by_model"]
     with plots.plt.rc_context(plots.STYLE):
         fig, ax = plots.plt.subplots(figsize=(5.5, 3.8))
-        for i, kind in enumerate(k for k in VAE_KINDS if k in by_model):
+        for i, kind in enumerate(sorted(by_model, key=lambda k: list(VAE_NAMES).index(k) if k in VAE_NAMES else 99)):
             sizes = sorted(by_model[kind], key=int)
             xs = [int(s) * (1 + 0.03 * (i - 1)) for s in sizes]  # small offsets so the bars do not overlap
             means = [by_model[kind][s]["mean"] for s in sizes]
             err = [[m - by_model[kind][s]["ci95"][0] for s, m in zip(sizes, means)],
                    [by_model[kind][s]["ci95"][1] - m for s, m in zip(sizes, means)]]
-            ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, label=VAE_NAMES[kind],
+            ax.errorbar(xs, means, yerr=err, marker="o", capsize=3, label=VAE_NAMES.get(kind, kind),
                         linestyle="--" if kind == "invvae" else "-")
         ax.set_xscale("log")
         sizes = sorted({int(s) for by in by_model.values() for s in by})

@@ -18,7 +18,6 @@ Variants:
 """
 
 from mdiff.sweeps import Sweep, product, sweep, zipit
-from mdiff.symmetry.defaults import VAE_MODELS
 
 VARIANTS = ("cpu", "recovery", "unrotated", "vae", "pod")
 COMMAND = ("symmetry", "train")
@@ -33,6 +32,7 @@ RECIPES = zipit(
 )
 QUIET = {"train.progress": False}
 VAE_SIZES = (150, 1200)
+VAE_MODELS = ("vae", "augvae", "protovae", "invvae")  # every kind config.vae.models allows
 
 
 def vae_settings(sgm_steps: int = 300, vae_steps: int = 4000, iw: int = 32, valid_every: int = 200,
