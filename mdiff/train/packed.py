@@ -263,10 +263,7 @@ def load_spec(path: str) -> tuple[list[Any], list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     from mdiff import runtime
 
-    if argv is None:  # the command line (as `mdiff` does): huge-page malloc, reused pages, the compile cache
-        runtime.reexec_with_huge_pages()
-    runtime.keep_freed_memory()
-    runtime.use_compilation_cache()
+    runtime.use_compilation_cache()  # (malloc tuning, as `mdiff` has it, is not measured for packed jobs yet)
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1:
         print("usage: python -m mdiff.train.packed SPEC.json", file=sys.stderr)
