@@ -71,9 +71,11 @@ def vae_table(sizes: list[int], seeds: list[int], settings: dict, root: pathlib.
     from mdiff import rundir
     from mdiff.sweeps.define import override_args
 
-    # Every cell compiles the same programs (parameters are arguments, not constants): cache them on disk so
-    # only the first cell pays for compilation.
-    jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
+    from mdiff import runtime
+
+    # Every cell compiles the same programs (parameters are arguments, not constants): the project's on-disk
+    # cache (as `mdiff` uses it), with a lower threshold so the cells' smaller programs are kept too.
+    runtime.use_compilation_cache()
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     runs, wall = [], {}
     for seed in seeds:  # seed-major: an interrupted table still has every size for the first seeds
