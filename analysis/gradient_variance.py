@@ -81,12 +81,12 @@ def _estimator_steps(loaded, rows: int):
         with config.unlocked():
             config.diffusion.anti_masking = anti
         setup = step_lib.loss_setup(config, loaded.graphdef, loaded.state, loaded.vocab)
-        train_step = step_lib.make_train_step(setup, tx, 1)
+        train_step = step_lib.make_train_step(setup, lambda hp: tx, 1)
         rng = jax.random.key_data(jax.random.key(0)).astype(jnp.uint32)
 
         def grad(params, batch, step, train_step=train_step, rng=rng):
             state = dict(params=params, opt_state=tx.init(params), step=step, rng=rng)
-            new_state, _ = train_step(state, batch)
+            new_state, _ = train_step(state, batch, {})
             return jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(new_state["opt_state"])])
 
         out[name] = jax.jit(grad)

@@ -73,4 +73,14 @@ def real_train_step(model: dict, vocab, seq: int, batch: int, devices: list | No
     config.train.tokens = config.optim.tokens_base = 1000 * seq * batch
     config.optim.batch_base = batch
     run = loop.setup(config, pathlib.Path(tempfile.gettempdir()), vocab, devices)
-    return (lambda: aot.compile_train_step(run)), loop.init_state(run), (lambda b: jax.device_put(b, run.batch_sharding))
+
+    def compile_step():
+        compiled, hyperparameters = aot.compile_train_step(run), loop.device_hyperparameters(run)
+
+        def step(state, batch):
+            return compiled(state, batch, hyperparameters)
+
+        step.memory_analysis = compiled.memory_analysis
+        return step
+
+    return compile_step, loop.init_state(run), (lambda b: jax.device_put(b, run.batch_sharding))

@@ -113,14 +113,15 @@ def losses(workdir: pathlib.Path) -> dict[int, float]:
 
 
 def compiled_step(config) -> tuple:
-    """(run, train-step function, train pipeline) as the trainer builds them, for timing the bare step."""
+    """(run, train-step function (state, batch, hyperparameters), train pipeline) as the trainer builds
+    them, for timing the bare step."""
     from mdiff.data.pipeline import make_pipeline
     from mdiff.train import loop, step as step_lib
 
     pipeline = make_pipeline(config, "train")
     run = loop.setup(config, None, pipeline.vocab)
     setup = step_lib.loss_setup(config, run.graphdef, run.abstract_params, run.vocab)
-    return run, step_lib.make_train_step(setup, run.tx, config.train.microbatches), pipeline
+    return run, step_lib.make_train_step(setup, run.optimizer, config.train.microbatches), pipeline
 
 
 def alternating_medians(calls: dict, repeats: int) -> dict[str, float]:
@@ -150,9 +151,10 @@ def head_ratio(config_spec: str, repeats: int) -> dict:
     batches = [{k: jax.numpy.asarray(v) for k, v in next(pipeline).items()} for _ in range(4)]
     pipeline.close()
     state = loop.init_state(steps["full"][0])
+    hp = steps["full"][0].hyperparameters
     for head, (_, fn) in steps.items():  # compile, and the first step's loss from both heads
-        metrics[head] = jax.device_get(fn(state, batches[0])[1])
-    med = alternating_medians({h: (lambda r, fn=fn: fn(state, batches[r % len(batches)])) for h, (_, fn) in steps.items()},
+        metrics[head] = jax.device_get(fn(state, batches[0], hp)[1])
+    med = alternating_medians({h: (lambda r, fn=fn: fn(state, batches[r % len(batches)], hp)) for h, (_, fn) in steps.items()},
                               repeats)
     loss = {h: float(m["nelbo_sum"]) / float(m["count"]) for h, m in metrics.items()}
     return {"config": config_spec, "ms_full": 1e3 * med["full"], "ms_targets": 1e3 * med["targets"],
@@ -176,10 +178,11 @@ def step_ratio(config_spec: str, points: int, repeats: int) -> dict:
     lone, packed = jax.jit(fn), jax.jit(jax.vmap(fn))
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *[jax.device_get(state)] * points)
     batch = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-    scales = np.ones(points, np.float32)
-    jax.block_until_ready((lone(state, batches[0]), packed(stacked, batch, scales)))  # compile
-    med = alternating_medians({"lone": lambda r: lone(state, batches[r % points]),
-                               "packed": lambda r: packed(stacked, batch, scales)}, repeats)
+    hp = run.hyperparameters
+    hps = jax.tree.map(lambda *xs: np.stack(xs), *[hp] * points)
+    jax.block_until_ready((lone(state, batches[0], hp), packed(stacked, batch, hps)))  # compile
+    med = alternating_medians({"lone": lambda r: lone(state, batches[r % points], hp),
+                               "packed": lambda r: packed(stacked, batch, hps)}, repeats)
     lone_s, packed_s = med["lone"], med["packed"]
     return {"points": points, "ms_lone": 1e3 * lone_s, "ms_packed": 1e3 * packed_s,
             "ms_packed_per_point": 1e3 * packed_s / points, "per_point_speedup": lone_s * points / packed_s,

@@ -62,13 +62,13 @@ def bare_step(config, workdir: pathlib.Path, steps: int) -> float:
     run = loop.setup(config, workdir, pipeline.vocab)
     state = loop.init_state(run)
     batch = sharding.global_batch(next(pipeline), run.batch_sharding, config.train.batch)
-    step = loop.jit_train_step(run)
+    step, hyperparameters = loop.jit_train_step(run), loop.device_hyperparameters(run)
     for _ in range(2):
-        state, metrics = step(state, batch)
+        state, metrics = step(state, batch, hyperparameters)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, batch)
+        state, metrics = step(state, batch, hyperparameters)
     jax.block_until_ready(metrics)
     elapsed = time.perf_counter() - t0
     ck = Checkpointer(workdir / "ck", keep=1)

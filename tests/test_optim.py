@@ -15,7 +15,7 @@ import pytest
 from mdiff.config import ConfigError, validate
 from mdiff.defaults import base_config
 from mdiff.optim import completep, sde
-from mdiff.optim.adamw import make_optimizer
+from mdiff.optim.adamw import hyperparameters, make_optimizer
 from mdiff.optim.schedule import host_lr, lr_factor
 
 
@@ -135,6 +135,11 @@ def test_schedule_shapes():
     assert float(lr_factor(109, kind="linear", **kw, xp=np)) == pytest.approx(0.1)
     assert float(lr_factor(10 + 99 / 2, kind="linear", **kw, xp=np)) == pytest.approx(0.55)
     assert float(lr_factor(109, kind="constant", **kw, xp=np)) == 1.0
+    # The train step passes the horizon and warm-up as data (traced), with and without a warm-up.
+    traced = jax.jit(lambda s, n, w: lr_factor(s, steps=n, warmup_steps=w, kind="cosine", final_fraction=0.1))
+    assert float(traced(0, 110.0, 10.0)) == pytest.approx(0.1) and float(traced(4, 110.0, 10.0)) == pytest.approx(0.5)
+    assert float(traced(109, 110.0, 10.0)) == pytest.approx(0.1)
+    assert float(traced(0, 50.0, 0.0)) == pytest.approx(1.0) and float(traced(49, 50.0, 0.0)) == pytest.approx(0.1)
     steps = np.arange(110)
     for kind in ("cosine", "linear", "constant"):
         np.testing.assert_allclose(
@@ -196,8 +201,11 @@ def _toy_params():
     }
 
 
+@pytest.mark.parametrize("as_data", [False, True])
 @pytest.mark.parametrize("completep_on, scaling", [(False, "sqrt"), (True, "sqrt"), (True, "linear")])
-def test_first_adamw_step_matches_hand_computation(completep_on, scaling):
+def test_first_adamw_step_matches_hand_computation(completep_on, scaling, as_data):
+    """as_data: the rule is built from one config's plan, and another config's values (lr, eps, weight decay)
+    are passed as traced arguments, as the train step does; the update must follow the values passed."""
     c = _config(
         optim__completep=completep_on,
         optim__weight_decay_scaling=scaling,
@@ -213,7 +221,19 @@ def test_first_adamw_step_matches_hand_computation(completep_on, scaling):
     params = _toy_params()
     grads = jax.tree.map(lambda x: 0.1 * x + 0.05, params)
     tx = make_optimizer(c.optim, p, params, model_width=4, model_depth=4)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    if as_data:
+        with c.unlocked():
+            c.optim.lr, c.optim.eps, c.optim.weight_decay = 3 * c.optim.lr, 4e-3, 0.05
+        values = hyperparameters(sde.plan(c))
+
+        @jax.jit
+        def update(hp, grads, params):
+            rule = make_optimizer(c.optim, p, params, model_width=4, model_depth=4, hp=hp)
+            return rule.update(grads, rule.init(params), params)[0]
+
+        updates, p = update(values, grads, params), sde.plan(c)
+    else:
+        updates, _ = tx.update(grads, tx.init(params), params)
     # The rule's table at m_N = 4/2 = 2, m_L = 4/1 = 4, alpha = 1/2, written out by hand:
     # (lr, eps, lambda coupled, lambda decoupled) multipliers per class.
     m_n, m_l = 2.0, 4.0

@@ -13,8 +13,8 @@ from mdiff.train import packed
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = str(ROOT / "experiments/quickstart.py:test")
 
-# One device, as packing requires: trains three points (each its own seed and peak lr) packed and each alone,
-# and reports both runs' records.
+# One device, as packing requires: trains three points (each its own seed and optimiser values: peak lr, and
+# b2, eps, weight decay or warm-up) packed and each alone, and reports both runs' records.
 PACKED_VS_ALONE = """
 import json, pathlib, sys
 from mdiff import rundir
@@ -24,7 +24,9 @@ from mdiff.train.loop import train_and_evaluate
 
 out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else {out!r})
 LRS = (3e-3, 6e-3, 1.5e-3)
-configs = [load_config({config!r}, [f"--config.seed={{s}}", f"--config.name=p{{s}}", f"--config.optim.lr={{LRS[s]}}"]) for s in (0, 1, 2)]
+OTHER = ([], ["--config.optim.b2=0.95", "--config.optim.eps=1e-6"], ["--config.optim.weight_decay=0.3", "--config.optim.warmup=0.4"])
+configs = [load_config({config!r}, [f"--config.seed={{s}}", f"--config.name=p{{s}}", f"--config.optim.lr={{LRS[s]}}", *OTHER[s]])
+           for s in (0, 1, 2)]
 summaries = packed.train_packed(configs, [out / f"packed{{i}}" for i in range(3)])
 for i, c in enumerate(configs):
     train_and_evaluate(c, out / f"alone{{i}}")
@@ -74,12 +76,17 @@ def test_only_same_shape_points_pack():
     assert reason is not None and "model.size" in reason
     mix = ("--config.data.mix.text=0.6", "--config.data.mix.image=0.2", "--config.data.mix.audio=0.2")
     assert packed.pack_key(a) == packed.pack_key(point_config(5, *mix))  # seeds and mixtures are data
-    # The peak lr is a per-point scale of the update, unless weight decay is decoupled from it.
-    assert packed.pack_key(a) == packed.pack_key(point_config(0, "--config.optim.lr=0.01"))
+    # The optimiser's values are data of the train step, with weight decay coupled to the lr or not ...
+    values = ("--config.optim.lr=0.01", "--config.optim.b2=0.95", "--config.optim.eps=1e-6",
+              "--config.optim.weight_decay=0.3", "--config.optim.warmup=0.3")
+    assert packed.pack_key(a) == packed.pack_key(point_config(0, *values))
     decoupled = ("--config.optim.weight_decay_scaling=linear",)
-    assert packed.pack_key(point_config(0, *decoupled)) != packed.pack_key(point_config(0, "--config.optim.lr=0.01", *decoupled))
-    reason = packed.unpackable_reason([point_config(0, *decoupled), point_config(1, "--config.optim.lr=0.01", *decoupled)])
-    assert reason is not None and "optim.lr" in reason
+    assert packed.pack_key(point_config(0, *decoupled)) == packed.pack_key(point_config(0, *values, *decoupled))
+    # ... but not the update rule's structure: decay on or off, coupled or decoupled.
+    reason = packed.unpackable_reason([a, point_config(1, "--config.optim.weight_decay=0")])
+    assert reason is not None and "optimiser structure" in reason
+    reason = packed.unpackable_reason([a, point_config(1, *decoupled)])
+    assert reason is not None and "optim.weight_decay_scaling" in reason
     with pytest.raises(ConfigError, match="cannot train packed"):
         packed.train_packed([a, point_config(1, "--config.model.size=cpu-xs")], ["/nonexistent/a", "/nonexistent/b"])
 

@@ -80,8 +80,8 @@ def test_microbatches_give_the_same_update(tmp_path, anti_masking):
     for micro in (1, 4) if not anti_masking else (1, 2):
         state = loop.init_state(run)
         state = dict(state, opt_state=sgd.init(state["params"]))
-        fn = jax.jit(step_lib.make_train_step(setup, sgd, micro))
-        new_state, sums = jax.device_get(fn(state, batch))
+        fn = jax.jit(step_lib.make_train_step(setup, lambda hp: sgd, micro))
+        new_state, sums = jax.device_get(fn(state, batch, {}))
         start = jax.device_get(state["params"])
         results.append((jax.tree.map(lambda new, old: old - new, new_state["params"], start), sums))
     (g1, s1), (g4, s4) = results
@@ -110,6 +110,27 @@ def test_seeds_share_one_compiled_initialisation_with_the_same_values():
         constant = jax.device_get(jax.jit(lambda: loop.fresh_state(run, seed))())
         assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), state, constant))
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(states[3]), jax.tree.leaves(states[4])))
+
+
+def test_runs_that_differ_in_optimiser_values_share_one_compiled_train_step():
+    """The train step takes lr, betas, eps, weight decay, warm-up and horizon as data: a run with other values
+    compiles no new program (no new entry in this module's persistent cache)."""
+    cache = pathlib.Path(jax.config.jax_compilation_cache_dir)
+
+    def compile_for(*overrides):
+        config = _config(*overrides)
+        run = loop.setup(config, None, make_pipeline(config, "train").vocab)
+        with sharding.activation_mesh(run.mesh, run.config):
+            loop.jit_train_step(run).lower(run.abstract_state, loop.abstract_batch(run),
+                                           loop.abstract_hyperparameters(run)).compile()
+        return run
+
+    first = compile_for()
+    entries = sorted(p.name for p in cache.iterdir())
+    other = compile_for("optim.lr=0.02", "optim.b2=0.9", "optim.eps=1e-5", "optim.weight_decay=0.2",
+                        "optim.warmup=0.5", "train.tokens=16384")
+    assert other.plan.steps != first.plan.steps and other.plan.warmup_steps != first.plan.warmup_steps
+    assert sorted(p.name for p in cache.iterdir()) == entries
 
 
 # ---------------------------------------------------------------------------------------------

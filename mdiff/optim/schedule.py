@@ -7,19 +7,19 @@ host-side logging.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax.numpy as jnp
 import numpy as np
 
 from mdiff.optim.sde import OptimPlan
 
 
-def lr_factor(step, *, steps: int, warmup_steps: int, kind: str, final_fraction: float, xp=jnp):
-    """Multiplier of the peak lr at optimiser step `step` (0-based), for numpy (`xp=np`) or JAX."""
+def lr_factor(step, *, steps, warmup_steps, kind: str, final_fraction: float, xp=jnp):
+    """Multiplier of the peak lr at optimiser step `step` (0-based), for numpy (`xp=np`) or JAX. `steps` and
+    `warmup_steps` may be traced (the train step takes them as data, mdiff.optim.adamw)."""
     step = xp.asarray(step, dtype=xp.float32)
-    warm = xp.minimum(1.0, (step + 1.0) / warmup_steps) if warmup_steps > 0 else xp.ones_like(step)
-    progress = xp.clip((step - warmup_steps) / max(steps - warmup_steps - 1, 1), 0.0, 1.0)
+    steps, warmup = xp.asarray(steps, dtype=xp.float32), xp.asarray(warmup_steps, dtype=xp.float32)
+    warm = xp.minimum(1.0, (step + 1.0) / xp.maximum(warmup, 1.0))  # used only where step < warmup
+    progress = xp.clip((step - warmup) / xp.maximum(steps - warmup - 1.0, 1.0), 0.0, 1.0)
     if kind == "cosine":
         decay = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + xp.cos(np.pi * progress))
     elif kind == "linear":
@@ -28,19 +28,7 @@ def lr_factor(step, *, steps: int, warmup_steps: int, kind: str, final_fraction:
         decay = xp.ones_like(progress)
     else:
         raise ValueError(f"config.optim.schedule={kind!r}: allowed: cosine, constant, linear")
-    return xp.where(step < warmup_steps, warm, decay)
-
-
-def make_schedule(plan: OptimPlan, kind: str, final_fraction: float, scale: float = 1.0) -> Callable:
-    """optax-style schedule: step -> lr (peak `plan.lr * scale`)."""
-    peak = plan.lr * scale
-
-    def schedule(step):
-        return peak * lr_factor(
-            step, steps=plan.steps, warmup_steps=plan.warmup_steps, kind=kind, final_fraction=final_fraction
-        )
-
-    return schedule
+    return xp.where(step < warmup, warm, decay)
 
 
 def host_lr(plan: OptimPlan, kind: str, final_fraction: float, step: int) -> float:

@@ -14,9 +14,10 @@ from mdiff.train import loop, sharding
 
 
 def compile_train_step(run: loop.Run) -> Any:
-    """Lower and compile `run`'s train step for its shapes and mesh without running anything."""
+    """Lower and compile `run`'s train step for its shapes and mesh without running anything: call it as
+    compiled(state, batch, loop.device_hyperparameters(run))."""
     with sharding.activation_mesh(run.mesh, run.config):
-        return loop.jit_train_step(run).lower(run.abstract_state, loop.abstract_batch(run)).compile()
+        return loop.jit_train_step(run).lower(run.abstract_state, loop.abstract_batch(run), loop.abstract_hyperparameters(run)).compile()
 
 
 def memory_per_device(compiled: Any) -> dict[str, int]:

@@ -9,12 +9,14 @@ a non-finite loss ends with status `failed`, naming the step, and leaves the las
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -32,7 +34,7 @@ from mdiff.diffusion.loss import per_token_metrics
 from mdiff.model import build_model
 from mdiff.model import scaling
 from mdiff.optim import completep, sde
-from mdiff.optim.adamw import make_optimizer
+from mdiff.optim.adamw import Hyperparameters, hyperparameters, make_optimizer
 from mdiff.optim.schedule import host_lr
 from mdiff.train import distributed, mfu, sharding, step as step_lib
 from mdiff.train.checkpoint import Checkpointer
@@ -74,7 +76,8 @@ class Run:
     model: Model
     workdir: pathlib.Path
     plan: sde.OptimPlan
-    tx: optax.GradientTransformation
+    optimizer: Callable[[Hyperparameters], optax.GradientTransformation]  # the update rule for these values
+    hyperparameters: Hyperparameters  # the plan's values (numpy): the train step's third argument
     state_sharding: dict  # {"params", "opt_state", "step", "rng"} -> NamedShardings
     abstract_state: dict  # the same tree of ShapeDtypeStructs with shardings
     batch_sharding: NamedSharding
@@ -88,6 +91,7 @@ class Run:
     mesh = property(lambda self: self.model.mesh)
     graphdef = property(lambda self: self.model.graphdef)
     abstract_params = property(lambda self: self.model.abstract_params)
+    tx = property(lambda self: self.optimizer(self.hyperparameters))  # for the state's structure and init
 
 
 def model_setup(config: ConfigDict, vocab: UnifiedVocab, devices: list | None = None) -> Model:
@@ -111,7 +115,9 @@ def setup(config: ConfigDict, workdir: pathlib.Path, vocab: UnifiedVocab, device
     mesh, shape = model.mesh, model.shape
     check_batch_layout(config, sharding.data_parallel_size(mesh, config))
     abstract_pure = nnx.to_pure_dict(model.abstract_params)
-    tx = make_optimizer(config.optim, plan, abstract_pure, model_width=shape.width, model_depth=shape.depth)
+    optimizer = functools.partial(make_optimizer, config.optim, plan, abstract_pure, model_width=shape.width,
+                                  model_depth=shape.depth)
+    tx = optimizer()
     replicated = NamedSharding(mesh, P())
     abstract_opt = jax.eval_shape(tx.init, abstract_pure)
     # Moments shard like their parameters; counts and masked-out slots (multi_transform) are replicated.
@@ -136,7 +142,8 @@ def setup(config: ConfigDict, workdir: pathlib.Path, vocab: UnifiedVocab, device
         model=model,
         workdir=workdir,
         plan=plan,
-        tx=tx,
+        optimizer=lambda hp: optimizer(hp=hp),
+        hyperparameters=hyperparameters(plan),
         state_sharding=state_sh,
         abstract_state=abstract_state,
         batch_sharding=sharding.batch_sharding(mesh, config),
@@ -220,12 +227,22 @@ def shape_checker(model: Model, workdir: pathlib.Path):
 
 
 def jit_train_step(run: Run):
-    """The sharded train step, state donated: (state, global batch) -> (state, summed metrics)."""
+    """The sharded train step, state donated: (state, global batch, hyperparameters) -> (state, summed
+    metrics); pass `device_hyperparameters(run)`."""
     setup_train = step_lib.loss_setup(run.config, run.graphdef, run.abstract_params, run.vocab)
-    fn = step_lib.make_train_step(setup_train, run.tx, run.config.train.microbatches)
-    return jax.jit(
-        fn, in_shardings=(run.state_sharding, run.batch_sharding), out_shardings=(run.state_sharding, None), donate_argnums=0
-    )
+    fn = step_lib.make_train_step(setup_train, run.optimizer, run.config.train.microbatches)
+    replicated = run.state_sharding["step"]
+    return jax.jit(fn, in_shardings=(run.state_sharding, run.batch_sharding, replicated),
+                   out_shardings=(run.state_sharding, None), donate_argnums=0)
+
+
+def device_hyperparameters(run: Run) -> dict:
+    """The run's optimiser values placed (replicated) as the train step takes them."""
+    return jax.device_put(run.hyperparameters, run.state_sharding["step"])
+
+
+def abstract_hyperparameters(run: Run) -> dict:
+    return {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=run.state_sharding["step"]) for k in run.hyperparameters}
 
 
 def abstract_batch(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
@@ -454,12 +471,12 @@ class _Loop:
     # -- main loop -----------------------------------------------------------------------------------
     def run(self, state: dict, preemption: Preemption) -> dict[str, Any]:
         t, total = self.config.train, self.run_.plan.steps
-        train_step = self.compile_step()
+        train_step, hp = self.compile_step(), device_hyperparameters(self.run_)
         pending: tuple[int, Any] | None = None  # (step, device metrics) not yet read
         step = self.start
         try:
             while step < total:
-                state, metrics = train_step(state, self.next_batch())
+                state, metrics = train_step(state, self.next_batch(), hp)
                 step += 1
                 if pending is not None:
                     self.record(*pending)

@@ -1,10 +1,10 @@
 """Packed training: several same-shape sweep points in one compiled program.
 
 Points that differ only in what can be an array or a data stream (PER_POINT_KEYS: the seed, which
-fixes the initial parameters, the noise stream and the data order, and the data mixture; and the peak
-learning rate where the update is proportional to it, see `lr_is_a_scale`) train together: their
-states are stacked along a leading axis and one `jax.vmap` of the ordinary train step updates them
-all, each from its own batch (and with its own lr, as a scale of the shared update rule).
+fixes the initial parameters, the noise stream and the data order; the data mixture; and the
+optimiser's values, lr, betas, eps, weight decay and warm-up, which the train step takes as data,
+mdiff.optim.adamw) train together: their states and hyperparameters are stacked along a leading axis
+and one `jax.vmap` of the ordinary train step updates them all, each from its own batch.
 Everything else about a point stays as when it trains alone (mdiff.train.loop): its own run
 directory, config.json, metrics.jsonl, eval.jsonl, checkpoints (at the same steps, so a killed job
 resumes exactly), summary.json and hence its results.csv row. A point whose loss turns non-finite
@@ -40,33 +40,27 @@ from mdiff.train.checkpoint import Checkpointer
 log = logging.getLogger(__name__)
 
 # Config keys a packed point may set on its own: everything the compiled step sees as data.
-PER_POINT_KEYS = ("name", "seed", "data.mix", "data.i2t_fraction", "data.s2t_fraction")
-LR_KEY = "optim.lr"
+PER_POINT_KEYS = ("name", "seed", "data.mix", "data.i2t_fraction", "data.s2t_fraction", "optim.lr", "optim.b1",
+                  "optim.b2", "optim.eps", "optim.weight_decay", "optim.warmup", "optim.warmup_tokens",
+                  "optim.warmup_steps_max")
 
 
-def lr_is_a_scale(config: Any) -> bool:
-    """Whether every parameter update is proportional to the peak lr, so that points differing only in
-    `optim.lr` share one update rule scaled per point: true unless weight decay is decoupled from the lr
-    (Loshchilov-Hutter, `optim.weight_decay_scaling=linear`), whose decay term does not scale with it.
-    (Every other use of the lr is linear: sqrt(kappa) x lr, the schedule's shape, CompleteP's multipliers.)"""
+def _per_point(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in PER_POINT_KEYS)
+
+
+def _shared(config: Any) -> dict[str, Any]:
+    """What packed points must agree on: the config without its per-point keys, plus the update rule's
+    structure, which the per-point values can change (whether weight decay is on, and its form)."""
+    shared = {k: v for k, v in rundir.flatten_dict(rundir.config_dict(config)).items() if not _per_point(k)}
     plan = sde.plan(config)
-    return not (plan.decoupled_decay and plan.weight_decay)
-
-
-def per_point_keys(config: Any) -> tuple[str, ...]:
-    """The config keys points packed with this one may set on their own."""
-    return PER_POINT_KEYS + ((LR_KEY,) if lr_is_a_scale(config) else ())
-
-
-def _per_point(key: str, keys: tuple[str, ...]) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in keys)
+    shared["optimiser structure (weight decay on, decoupled)"] = [bool(plan.weight_decay), plan.decoupled_decay]
+    return shared
 
 
 def pack_key(config: Any) -> str:
-    """Points with equal keys can train packed: the config without its per-point keys."""
-    keys = per_point_keys(config)
-    shared = {k: v for k, v in rundir.flatten_dict(rundir.config_dict(config)).items() if not _per_point(k, keys)}
-    return json.dumps(shared, sort_keys=True, default=str)
+    """Points with equal keys can train packed."""
+    return json.dumps(_shared(config), sort_keys=True, default=str)
 
 
 def unpackable_reason(configs: Sequence[Any]) -> str | None:
@@ -75,10 +69,10 @@ def unpackable_reason(configs: Sequence[Any]) -> str | None:
         return "fewer than two points"
     if jax.process_count() > 1:
         return f"{jax.process_count()} processes (packing runs in one process, on one device)"
-    first, keys = rundir.flatten_dict(rundir.config_dict(configs[0])), per_point_keys(configs[0])
+    first = _shared(configs[0])
     for c in configs[1:]:
-        other = rundir.flatten_dict(rundir.config_dict(c))
-        diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k) and not _per_point(k, keys))
+        other = _shared(c)
+        diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
         if diff:
             return f"{c.get('name', '?')} differs from {configs[0].get('name', '?')} in {', '.join(diff[:3])}"
     return None
@@ -167,9 +161,9 @@ def _train(points: list[_Point], preemption: loop_lib.Preemption) -> list[dict[s
         p.loop = loop_lib._Loop(p.run, p.pipeline, p.checkpointer, start=start, started=p.started, **resume)
         p.loop.evaluate = loop_lib.make_evaluator(p.run, eval_step)
     setup = step_lib.loss_setup(base.config, base.graphdef, base.abstract_params, base.vocab)
-    packed_step = jax.jit(jax.vmap(step_lib.make_train_step(setup, base.tx, base.config.train.microbatches)), donate_argnums=0)
-    # Each point's peak lr as a scale of the first point's update rule (1 where they agree; see lr_is_a_scale).
-    lr_scales = np.asarray([p.run.plan.lr / base.plan.lr for p in points], np.float32)
+    packed_step = jax.jit(jax.vmap(step_lib.make_train_step(setup, base.optimizer, base.config.train.microbatches)),
+                          donate_argnums=0)
+    hyperparameters = _stack([p.run.hyperparameters for p in points])  # each point's own optimiser values
     t, total = base.config.train, base.plan.steps
     summaries: dict[int, dict] = {}
     pending: tuple[int, Any] | None = None
@@ -179,7 +173,7 @@ def _train(points: list[_Point], preemption: loop_lib.Preemption) -> list[dict[s
             while step < total and any(p.active for p in points):
                 rows = [next(p.pipeline) for p in points]
                 batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-                state, metrics = packed_step(state, batch, lr_scales)
+                state, metrics = packed_step(state, batch, hyperparameters)
                 step += 1
                 if pending is not None:
                     _record(points, *pending, summaries)

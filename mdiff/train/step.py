@@ -105,11 +105,12 @@ def split_micro(x: jax.Array, micro: int, group: int) -> jax.Array:
     return x.reshape(rows // (micro * group), micro, group, *x.shape[1:]).swapaxes(0, 1)
 
 
-def make_train_step(setup: LossSetup, tx: optax.GradientTransformation, micro: int) -> Callable:
-    """(state, batch[, update_scale]) -> (state, metrics). `update_scale` multiplies the optimiser's
-    update: packed training gives each point its own peak lr that way (mdiff.train.packed)."""
+def make_train_step(setup: LossSetup, optimizer: Callable[[dict], optax.GradientTransformation], micro: int) -> Callable:
+    """(state, batch, hyperparameters) -> (state, metrics). `optimizer(hyperparameters)` is the update rule
+    (mdiff.optim.adamw.make_optimizer with its values as data: runs that differ only in them share the
+    compiled step, and packed sweep points each bring their own)."""
 
-    def train_step(state: State, batch: dict, update_scale: jax.Array | None = None) -> tuple[State, dict]:
+    def train_step(state: State, batch: dict, hyperparameters: dict) -> tuple[State, dict]:
         rows = batch["tokens"].shape[0]
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         t_key, noise_key = jax.random.split(step_key)
@@ -133,9 +134,7 @@ def make_train_step(setup: LossSetup, tx: optax.GradientTransformation, micro: i
         )
         (grads, sums), _ = jax.lax.scan(body, init, xs)
         grads = jax.tree.map(lambda g: g / jnp.maximum(sums["count"], 1.0), grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        if update_scale is not None:
-            updates = jax.tree.map(lambda u: u * update_scale.astype(u.dtype), updates)
+        updates, opt_state = optimizer(hyperparameters).update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new_state = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
         return new_state, dict(sums, grad_norm=optax.global_norm(grads))
