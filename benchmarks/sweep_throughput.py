@@ -1,6 +1,7 @@
 """Sweep throughput: same-shape points trained as today (one process each, two at a time) vs packed.
 
     python benchmarks/sweep_throughput.py             # 8 points of the quickstart's cpu-s, 100 steps each
+    python benchmarks/sweep_throughput.py --size cpu-xxs   # another of the quickstart's sizes
     python benchmarks/sweep_throughput.py --quick     # 8 points of the synthetic `test` variant (seconds)
 
 Point i has seed i and the variant's lr (even i) or twice it (odd i).
@@ -16,7 +17,7 @@ Four parts, all in this one run (the machine may be shared: compare the ratios, 
      losses packed and alone;
   3. step: one point's compiled train step alone vs the vmap-packed step of all points, timed in
      alternation in one process (what packing gains or loses per point-step, fixed costs aside);
-  4. head: the cpu-s train step with the full-vocabulary head (model.head=full) vs the target-only head
+  4. head: the train step (the grid's size) with the full-vocabulary head (model.head=full) vs the target-only head
      (model.head=targets) on the same state and batches, timed interleaved; the median step-time ratio.
 The last stdout line is one JSON object.
 """
@@ -192,6 +193,8 @@ def step_ratio(config_spec: str, points: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="synthetic `test` variant: checks that the script runs")
+    parser.add_argument("--size", default="cpu-s", choices=("cpu-xxs", "cpu-xs", "cpu-s", "cpu-m", "cpu-l"),
+                        help="the quickstart size of the grid's points (default cpu-s)")
     parser.add_argument("--points", type=int, default=8)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--head-repeats", type=int, default=10)
@@ -199,7 +202,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list of parts to skip: sweep,cached,step,head (cached: "
                         "the sweep part's modes with a compilation cache, sequential_cached and packed_warm)")
     args = parser.parse_args()
-    variant = "test" if args.quick else "cpu-s"
+    variant = "test" if args.quick else args.size
     config = f"experiments/quickstart.py:{variant}"
     steps = min(args.steps, 12) if args.quick else args.steps
     skip = set(filter(None, args.skip.split(",")))
