@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import html
 import json
 import pathlib
@@ -151,6 +152,11 @@ class Context:
 
     def rel(self, paths: Sequence[pathlib.Path]) -> list[str]:
         return [str(p.relative_to(self.report_dir)) for p in paths if p.suffix == ".png"]
+
+    @functools.cached_property
+    def symmetry_runs(self) -> list[symmetry.Run]:
+        """The sweep's complete symmetry-model runs, read once for both symmetry sections."""
+        return symmetry.complete_runs(self.report_dir.parent, self.df["name"].astype(str))
 
 
 def _finite_rows(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -497,7 +503,7 @@ def per_task_sampling_section(ctx: Context) -> Section:
 
 
 def symmetry_recovery_section(ctx: Context) -> Section | None:
-    groups = symmetry.recovery_summary(symmetry.complete_runs(ctx.report_dir.parent, ctx.df["name"].astype(str)))
+    groups = symmetry.recovery_summary(ctx.symmetry_runs)
     if not groups:
         return None
     ctx.outputs["symmetry_recovery"] = groups
@@ -511,7 +517,7 @@ def symmetry_recovery_section(ctx: Context) -> Section | None:
 
 
 def symmetry_vae_section(ctx: Context) -> Section | None:
-    result = symmetry.vae_summary(symmetry.complete_runs(ctx.report_dir.parent, ctx.df["name"].astype(str)))
+    result = symmetry.vae_summary(ctx.symmetry_runs)
     if not result["by_model"]:
         return None
     ctx.outputs["symmetry_vae"] = result
