@@ -68,10 +68,8 @@ def vae_table(sizes: list[int], seeds: list[int], settings: dict, root: pathlib.
     import jax
 
     from analysis import symmetry as study
-    from mdiff import rundir
+    from mdiff import rundir, runtime
     from mdiff.sweeps.define import override_args
-
-    from mdiff import runtime
 
     # Every cell compiles the same programs (parameters are arguments, not constants): the project's on-disk
     # cache (as `mdiff` uses it), with a lower threshold so the cells' smaller programs are kept too.

@@ -104,4 +104,8 @@ def test_symmetry_vae_is_sizes_by_seeds_with_every_vae_early_stopped():
     assert all(sum(r.overrides["data.num_train"] == n for r in runs) >= 3 for n in sizes)
     config = load_config(sweep.config, override_args(sweep.common))
     assert set(config.vae.models) == {"vae", "augvae", "protovae", "invvae"}
+    # sweeps/ may not import mdiff.symmetry (ARCHITECTURE.md), so its list of kinds is a copy: it must stay whole.
+    from mdiff.symmetry.defaults import VAE_MODELS
+
+    assert set(config.vae.models) == set(VAE_MODELS)
     assert config.vae.patience > 0 and config.vae.valid_every * (config.vae.patience + 2) < config.vae.steps

@@ -20,7 +20,7 @@ from mdiff import rundir
 from mdiff.config import ConfigError, load_config
 from mdiff.data.pipeline import make_pipeline
 from mdiff.optim import sde
-from mdiff.train import distributed, loop, mfu, sharding, step as step_lib
+from mdiff.train import aot, distributed, loop, mfu, sharding, step as step_lib
 from mdiff.train.checkpoint import Checkpointer
 
 QUICK = "experiments/quickstart.py:test"
@@ -120,9 +120,7 @@ def test_runs_that_differ_in_optimiser_values_share_one_compiled_train_step():
     def compile_for(*overrides):
         config = _config(*overrides)
         run = loop.setup(config, None, make_pipeline(config, "train").vocab)
-        with sharding.activation_mesh(run.mesh, run.config):
-            loop.jit_train_step(run).lower(run.abstract_state, loop.abstract_batch(run),
-                                           loop.abstract_hyperparameters(run)).compile()
+        aot.compile_train_step(run)
         return run
 
     first = compile_for()

@@ -9,7 +9,6 @@ a non-finite loss ends with status `failed`, naming the step, and leaves the las
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -115,8 +114,10 @@ def setup(config: ConfigDict, workdir: pathlib.Path, vocab: UnifiedVocab, device
     mesh, shape = model.mesh, model.shape
     check_batch_layout(config, sharding.data_parallel_size(mesh, config))
     abstract_pure = nnx.to_pure_dict(model.abstract_params)
-    optimizer = functools.partial(make_optimizer, config.optim, plan, abstract_pure, model_width=shape.width,
-                                  model_depth=shape.depth)
+
+    def optimizer(hp: Hyperparameters | None = None) -> optax.GradientTransformation:
+        return make_optimizer(config.optim, plan, abstract_pure, model_width=shape.width, model_depth=shape.depth, hp=hp)
+
     tx = optimizer()
     replicated = NamedSharding(mesh, P())
     abstract_opt = jax.eval_shape(tx.init, abstract_pure)
@@ -142,7 +143,7 @@ def setup(config: ConfigDict, workdir: pathlib.Path, vocab: UnifiedVocab, device
         model=model,
         workdir=workdir,
         plan=plan,
-        optimizer=lambda hp: optimizer(hp=hp),
+        optimizer=optimizer,
         hyperparameters=hyperparameters(plan),
         state_sharding=state_sh,
         abstract_state=abstract_state,
