@@ -10,9 +10,11 @@ Four parts, all in this one run (the machine may be shared: compare the ratios, 
   1. sequential: `python -m mdiff train` per point, two processes at a time, without the compilation cache
      (what `mdiff sweep run --parallel 2` did before packing and the cache: the target's baseline), and
      sequential_cached: the same with a compilation cache that starts empty (points 2.. reuse point 1's
-     programs);
-  2. packed: one `python -m mdiff.train.packed` process for all points (what the runner does now), from
-     an empty cache, and packed_warm: again with the cache it left (a later packed job of the same sweep);
+     programs) and each of the two slots' processes kept to its CPU share (mdiff.runtime.cpu_shares), as the
+     runner's children are now;
+  2. packed: the points dealt over two `python -m mdiff.train.packed` processes, each on its CPU share (what
+     `mdiff sweep run --parallel 2` does now; --packed-jobs 1: one process on every CPU, what it did before),
+     from an empty cache, and packed_warm: again with the cache it left (a later packed job of the same sweep);
      points per hour, aggregate tokens/s, and the largest relative difference between a point's logged
      losses packed and alone;
   3. step: one point's compiled train step alone vs the vmap-packed step of all points, timed in
@@ -60,36 +62,45 @@ def point_overrides(seed: int, steps: int, variant: str) -> list[str]:
 
 
 def run_sequential(config: str, seeds: list[int], steps: int, variant: str, out: pathlib.Path, cache: str,
-                   parallel: int = 2) -> float:
+                   parallel: int = 2, confine: bool = False) -> float:
     """Wall seconds to train every point in its own `mdiff train` process, `parallel` at a time, with the
-    compilation cache `cache` (a directory, or "0": off)."""
+    compilation cache `cache` (a directory, or "0": off); `confine`: each slot's processes keep to its CPU
+    share, as the runner's children do (mdiff.runtime.cpu_shares)."""
+    from mdiff import runtime
+
     env = dict(os.environ, MDIFF_PROGRESS="0", MDIFF_COMPILATION_CACHE=cache)
+    shares = runtime.cpu_shares(parallel) if confine else None
     todo = list(seeds)
-    active: list[subprocess.Popen] = []
+    active: dict[int, subprocess.Popen] = {}  # slot -> process
     start = time.perf_counter()
     try:
         while todo or active:
             while todo and len(active) < parallel:
-                seed = todo.pop(0)
+                seed, slot = todo.pop(0), min(set(range(parallel)) - set(active))
                 argv = [sys.executable, "-m", "mdiff", "train", "--config", config, "--workdir", str(out / f"seed{seed}"),
                         *point_overrides(seed, steps, variant)]
-                active.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                active[slot] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                                preexec_fn=functools.partial(runtime.confine, shares[slot] if shares else None))
             time.sleep(0.2)
-            for proc in [p for p in active if p.poll() is not None]:
-                active.remove(proc)
+            for slot, proc in [(s, p) for s, p in active.items() if p.poll() is not None]:
+                del active[slot]
                 if proc.returncode != 0:
                     raise RuntimeError(f"{proc.args}: exit {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
     finally:  # interrupted or failed: leave no trainer behind
-        for proc in active:
+        for proc in active.values():
             proc.kill()
             proc.wait()
     return time.perf_counter() - start
 
 
 def run_packed(config: str, seeds: list[int], steps: int, variant: str, out: pathlib.Path, cache: str,
-               jobs: int = 1) -> float:
+               jobs: int = 2) -> float:
     """Wall seconds to train every point packed: `jobs` concurrent `mdiff.train.packed` processes with the
-    points dealt out between them (jobs=1 is what the runner does), with the compilation cache `cache`."""
+    points dealt out between them, each keeping to its CPU share (what `mdiff sweep run --parallel 2` does
+    for jobs=2), with the compilation cache `cache`."""
+    from mdiff import runtime
+
+    shares = runtime.cpu_shares(jobs)
     out.mkdir(parents=True, exist_ok=True)
     argvs = []
     for j in range(jobs):
@@ -99,7 +110,9 @@ def run_packed(config: str, seeds: list[int], steps: int, variant: str, out: pat
         argvs.append([sys.executable, "-m", "mdiff.train.packed", str(out / f"spec{j}.json")])
     start = time.perf_counter()
     procs = [subprocess.Popen(a, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, MDIFF_PROGRESS="0", MDIFF_COMPILATION_CACHE=cache)) for a in argvs]
+                              env=dict(os.environ, MDIFF_PROGRESS="0", MDIFF_COMPILATION_CACHE=cache),
+                              preexec_fn=functools.partial(runtime.confine, shares[j] if shares else None))
+             for j, a in enumerate(argvs)]
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode != 0:
@@ -198,7 +211,8 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=8)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--head-repeats", type=int, default=10)
-    parser.add_argument("--packed-jobs", type=int, default=1, help="packed processes at once (the runner uses 1)")
+    parser.add_argument("--packed-jobs", type=int, default=2,
+                        help="packed processes at once, each on its CPU share (the runner's --parallel; default 2)")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: sweep,cached,step,head (cached: "
                         "the sweep part's modes with a compilation cache, sequential_cached and packed_warm)")
     args = parser.parse_args()
@@ -218,7 +232,7 @@ def main() -> None:
             modes["sequential"] = run_sequential(config, seeds, steps, variant, tmp / "sequential", "0")
             if "cached" not in skip:
                 modes["sequential_cached"] = run_sequential(config, seeds, steps, variant, tmp / "sequential_cached",
-                                                            str(tmp / "cache_sequential"))
+                                                            str(tmp / "cache_sequential"), confine=True)
             modes["packed"] = run_packed(config, seeds, steps, variant, tmp / "packed", str(tmp / "cache_packed"),
                                          jobs=args.packed_jobs)
             if "cached" not in skip:  # a later packed job of the same sweep: its programs are in the cache

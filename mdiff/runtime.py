@@ -1,5 +1,5 @@
 """Process-wide settings: malloc tuning that keeps XLA:CPU from page-faulting its own buffers every step,
-and the persistent compilation cache.
+the persistent compilation cache, and the CPU shares of concurrent child processes.
 
 XLA:CPU allocates the temporaries of a compiled step with malloc from its worker threads and frees
 them when the step ends. glibc serves such large requests from per-thread arenas or fresh mmaps and
@@ -26,6 +26,12 @@ MDIFF_COMPILATION_CACHE names its directory (default ~/.cache/mdiff/xla, or $XDG
 0 turns it off; a JAX_COMPILATION_CACHE_DIR the user set wins). Entries are kept per host CPU feature set
 and JAX version, in a subdirectory named by their hash, because an XLA:CPU program compiled for one CPU's
 instructions (AVX-512, say) must not run on another that lacks them, as on a cluster's shared home.
+
+CPU shares (`cpu_shares()`, used by the sweep runner): XLA:CPU sizes its thread pool by the CPUs a process
+may run on, so two trainers started side by side on a 2-core machine each run two busy threads, four on two
+cores. Dealing the CPUs out (job i of k gets every k-th CPU from the i-th, set as the child's affinity
+before it starts) gives each its own: two one-core jobs of 4 packed cpu-s points step 8 points in 51 ms per
+point-step where one two-core job of 8 takes 71-82 ms (BENCHMARKS.md). MDIFF_CPU_SHARES=0 turns it off.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import os
 import pathlib
 import platform
 import sys
+from collections.abc import Mapping
 
 # mallopt parameter ids from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -158,3 +165,26 @@ def use_compilation_cache() -> pathlib.Path | None:
     path = base / host_fingerprint(cpuinfo, f"jax {jax.__version__} jaxlib {jaxlib.__version__}")
     jax.config.update("jax_compilation_cache_dir", str(path))
     return path
+
+
+CPU_SHARES_ENV = "MDIFF_CPU_SHARES"
+
+
+def cpu_shares(jobs: int, cpus: set[int] | None = None, environ: Mapping[str, str] | None = None
+               ) -> list[frozenset[int]] | None:
+    """`cpus` (default: the CPUs this process may run on) dealt over `jobs` concurrent child processes,
+    share i holding every jobs-th CPU from the i-th; None when they are not split: one job, fewer CPUs
+    than jobs, no affinity call on this platform, or MDIFF_CPU_SHARES=0 (see the module docstring)."""
+    environ = os.environ if environ is None else environ
+    if jobs < 2 or environ.get(CPU_SHARES_ENV, "1") == "0" or not hasattr(os, "sched_setaffinity"):
+        return None
+    ordered = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    if len(ordered) < jobs:
+        return None
+    return [frozenset(ordered[i::jobs]) for i in range(jobs)]
+
+
+def confine(cpus: frozenset[int] | None) -> None:
+    """Keep this process (a child, before it starts XLA) to `cpus`, one of cpu_shares(); None: no change."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)

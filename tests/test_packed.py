@@ -91,6 +91,31 @@ def test_only_same_shape_points_pack():
         packed.train_packed([a, point_config(1, "--config.model.size=cpu-xs")], ["/nonexistent/a", "/nonexistent/b"])
 
 
+# Counts how often the packed trainer's train step is traced (its Python body runs once per trace).
+TRACES = """
+import pathlib, sys
+from mdiff.config import load_config
+from mdiff.train import packed
+made, traces = packed.step_lib.make_train_step, []
+def counting(*args, **kwargs):
+    step = made(*args, **kwargs)
+    def traced(*a):
+        traces.append(1)
+        return step(*a)
+    return traced
+packed.step_lib.make_train_step = counting
+configs = [load_config({config!r}, [f"--config.seed={{s}}", "--config.train.tokens=1024"])
+           for s in (0, 1)]
+packed.train_packed(configs, [pathlib.Path({out!r}) / f"p{{s}}" for s in (0, 1)])
+print(len(traces))
+"""
+
+
+def test_the_packed_step_is_traced_once(tmp_path):
+    """Every step after the first reuses the first step's program: the stacked state keeps one layout in and out."""
+    assert run_python(TRACES.format(config=CONFIG, out=str(tmp_path))).split()[-1] == "1"
+
+
 def seed_sweep():
     from mdiff.sweeps.define import Sweep, sweep
 
@@ -106,7 +131,7 @@ def test_runner_packs_same_shape_points_and_each_keeps_its_row(tmp_path):
     sw = seed_sweep()
     stream = io.StringIO()
     progress = Progress(sw.name, [], tmp_path / "out", stream=stream)
-    outcome = run_sweep(sw, tmp_path / "out", parallel=2, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+    outcome = run_sweep(sw, tmp_path / "out", parallel=1, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
                         progress=progress)
     assert sorted(outcome.complete) == ["seed-0", "seed-1"], stream.getvalue()
     assert "packing 2 same-shape points into 1 job" in stream.getvalue()
@@ -116,6 +141,21 @@ def test_runner_packs_same_shape_points_and_each_keeps_its_row(tmp_path):
         run = tmp_path / "out" / "runs" / name
         assert rundir.read_summary(run)["packed"] == 2 and (run / rundir.METRICS_FILE).exists()
         assert not state.log_path(tmp_path / "out", name, ".pid").exists()
+
+
+def test_runner_deals_a_pack_over_its_parallel_slots():
+    from mdiff.sweeps.define import Sweep, sweep
+    from mdiff.sweeps.expand import expand
+    from mdiff.sweeps.runner import pack_groups
+
+    sw = Sweep(config=CONFIG, points=sweep("seed", [0, 1, 2, 3, 4]), name="seeds")
+    other = Sweep(config=CONFIG, points=sweep("model.size", ["cpu-xxs", "cpu-xs"]), name="sizes")
+    names = lambda groups: [[r.name for r in g] for g in groups]  # noqa: E731
+    # Point i of a same-shape group goes to job i mod parts; a group smaller than `parts` is one point per job.
+    assert names(pack_groups(sw, expand(sw), None, parts=2)) == [["seed-0", "seed-2", "seed-4"], ["seed-1", "seed-3"]]
+    assert names(pack_groups(sw, expand(sw), None, parts=1)) == [[f"seed-{i}" for i in range(5)]]
+    assert names(pack_groups(sw, expand(sw)[:2], None, parts=3)) == [["seed-0"], ["seed-1"]]
+    assert names(pack_groups(other, expand(other), None, parts=2)) == [["size-cpu-xxs"], ["size-cpu-xs"]]
 
 
 def test_emit_puts_packable_points_in_one_job(tmp_path):

@@ -25,7 +25,7 @@ from mdiff.sweeps.expand import REPO_ROOT
 
 # A stand-in for `python -m mdiff train`: writes a run directory like the real loop (config.json,
 # metrics.jsonl, summary.json last), sleeps FAKE_SLEEP seconds per "step", fails for seed=13, and logs
-# every start in $FAKE_LOG so tests can count how often each point ran.
+# every start in $FAKE_LOG so tests can count how often each point ran (and its CPUs in $FAKE_CPUS, if set).
 FAKE_TRAIN = r'''
 import json, os, pathlib, sys, time
 args = sys.argv[1:]
@@ -34,6 +34,10 @@ workdir = pathlib.Path(args[args.index("--workdir") + 1])
 overrides = dict(a[len("--config."):].split("=", 1) for a in args if a.startswith("--config."))
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(workdir.name + "\n")
+if os.environ.get("FAKE_CPUS"):  # the CPUs this child may run on, and when it ran
+    with open(os.environ["FAKE_CPUS"], "a") as f:
+        f.write(json.dumps({"cpus": sorted(os.sched_getaffinity(0)), "start": time.time(),
+                            "end": time.time() + 4 * float(os.environ.get("FAKE_SLEEP", "0"))}) + "\n")
 if overrides.get("seed") == "13":
     print("Traceback (most recent call last):\nValueError: seed 13 is unlucky", file=sys.stderr)
     sys.exit(1)
@@ -222,6 +226,41 @@ def test_runner_results_and_skip(env):
     again = msweep.run_sweep(s, out, parallel=2, entry=entry(env), progress=None, poll_s=0.05)
     assert again.started == [] and len(again.skipped) == 4
     assert len(starts(env)) == 4
+
+
+def cpu_records(path: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_concurrent_children_each_keep_to_their_own_cpus(env, monkeypatch):
+    # The rule: with --parallel k, slot i's children may run on every k-th of the runner's CPUs from the i-th,
+    # so two children running at once never share a CPU; MDIFF_CPU_SHARES=0 leaves every child all of them.
+    mine = sorted(os.sched_getaffinity(0))
+    shares = [mine[0::2], mine[1::2]]
+    monkeypatch.setenv("FAKE_SLEEP", "0.2")
+    monkeypatch.setenv("FAKE_CPUS", str(env / "cpus.jsonl"))
+    msweep.run_sweep(tiny_sweep(env), env / "sw", parallel=2, entry=entry(env), progress=None, poll_s=0.02)
+    records = cpu_records(env / "cpus.jsonl")
+    assert len(records) == 4 and all(r["cpus"] in shares for r in records)
+    overlapping = [(a, b) for i, a in enumerate(records) for b in records[i + 1:] if a["start"] < b["end"] and b["start"] < a["end"]]
+    assert overlapping and all(a["cpus"] != b["cpus"] for a, b in overlapping)
+    monkeypatch.setenv("MDIFF_CPU_SHARES", "0")
+    monkeypatch.setenv("FAKE_CPUS", str(env / "unconfined.jsonl"))
+    msweep.run_sweep(tiny_sweep(env), env / "sw2", parallel=2, entry=entry(env), progress=None, poll_s=0.02)
+    assert [r["cpus"] for r in cpu_records(env / "unconfined.jsonl")] == [mine] * 4
+
+
+def test_cpu_shares_deal_the_cpus_over_the_jobs():
+    from mdiff.runtime import cpu_shares
+
+    on = {}
+    assert cpu_shares(2, {0, 1}, on) == [{0}, {1}]
+    assert cpu_shares(2, {0, 1, 2, 3, 4}, on) == [{0, 2, 4}, {1, 3}]
+    assert cpu_shares(3, {4, 5, 6, 7}, on) == [{4, 7}, {5}, {6}]
+    assert cpu_shares(1, {0, 1}, on) is None  # one job keeps every CPU
+    assert cpu_shares(3, {0, 1}, on) is None  # fewer CPUs than jobs: not split
+    assert cpu_shares(2, {0, 1}, {"MDIFF_CPU_SHARES": "0"}) is None
 
 
 def test_failed_run_recorded_others_continue(env):

@@ -9,11 +9,16 @@
 * If the runner dies, its children get SIGTERM (Linux parent-death signal), so a rerun never races an
   orphan; a pid file per running point stops two runners from training the same point at once.
 * results.csv is rewritten atomically whenever a run finishes.
+* Same-shape points of a one-device sweep train packed (mdiff.train.packed), dealt over the N slots: with
+  --parallel 2, eight such points are two packed jobs of four. Each slot owns its share of the CPUs
+  (`runtime.cpu_shares`), which its children are confined to, so concurrent XLA:CPU trainers do not
+  oversubscribe the cores.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import shlex
@@ -24,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from mdiff import runtime
 from mdiff.rundir import EXIT_PREEMPTED
 from mdiff.sweeps import state
 from mdiff.sweeps.define import Sweep, SweepError, override_args
@@ -95,6 +101,12 @@ def command_line(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Seq
 # ---------------------------------------------------------------------------------------------
 # Child processes
 # ---------------------------------------------------------------------------------------------
+def _child_setup(cpus: frozenset[int] | None) -> None:
+    """In the child, before it runs anything: die with the runner, and keep to the slot's CPUs."""
+    _die_with_parent()
+    runtime.confine(cpus)
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the runner dies (Linux); elsewhere, nothing."""
     try:
@@ -112,13 +124,15 @@ class _Active:
     log: TextIO
     started: float
     members: list[RunSpec] = dataclasses.field(default_factory=list)  # a packed job's points (else [run])
+    slot: int = 0  # which of the --parallel slots (and CPU shares) the job holds
 
     @property
     def points(self) -> list[RunSpec]:
         return self.members or [self.run]
 
 
-def _start_packed(group: list[RunSpec], sweep_dir: pathlib.Path, common: dict, env: dict[str, str]) -> _Active:
+def _start_packed(group: list[RunSpec], sweep_dir: pathlib.Path, common: dict, env: dict[str, str],
+                  cpus: frozenset[int] | None = None) -> _Active:
     """One `python -m mdiff.train.packed` process for same-shape points (mdiff.train.packed); its log is
     the first point's, and every point's pid file names it."""
     import json
@@ -128,7 +142,8 @@ def _start_packed(group: list[RunSpec], sweep_dir: pathlib.Path, common: dict, e
     spec_path = state.log_path(sweep_dir, group[0].name, ".pack.json")
     state.write_atomic(spec_path, json.dumps(spec, indent=1) + "\n")
     lead = dataclasses.replace(group[0], module="mdiff.train.packed", command=())
-    active = _start(lead, sweep_dir, common, None, env, argv=[sys.executable, "-m", "mdiff.train.packed", str(spec_path)])
+    active = _start(lead, sweep_dir, common, None, env, argv=[sys.executable, "-m", "mdiff.train.packed", str(spec_path)],
+                    cpus=cpus)
     for r in group[1:]:
         with open(state.log_path(sweep_dir, r.name), "a") as log:
             log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} packed with {group[0].name}: see {state.log_path(sweep_dir, group[0].name)}\n")
@@ -137,9 +152,10 @@ def _start_packed(group: list[RunSpec], sweep_dir: pathlib.Path, common: dict, e
     return active
 
 
-def pack_groups(sweep: Sweep, runs: list[RunSpec], entry: Sequence[str] | None) -> list[list[RunSpec]]:
+def pack_groups(sweep: Sweep, runs: list[RunSpec], entry: Sequence[str] | None, parts: int = 1) -> list[list[RunSpec]]:
     """`runs` as jobs: same-shape `mdiff train` points of a one-device sweep together (mdiff.train.packed),
-    every other point alone. Order follows `runs`."""
+    each such group dealt into up to `parts` jobs (point i to job i mod parts), every other point alone.
+    Order follows `runs`."""
     if entry or sweep.devices != 1 or sweep.hosts != 1:
         return [[r] for r in runs]
     from mdiff.config import load_config
@@ -150,11 +166,11 @@ def pack_groups(sweep: Sweep, runs: list[RunSpec], entry: Sequence[str] | None) 
         trains = r.module == "mdiff" and tuple(r.command) == ("train",)
         key = pack_key(load_config(r.config, override_args({**sweep.common, **r.overrides}))) if trains else r.name
         groups.setdefault(key, []).append(r)
-    return list(groups.values())
+    return [g[i::parts] for g in groups.values() for i in range(min(parts, len(g)))]
 
 
 def _start(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Sequence[str] | None, env: dict[str, str],
-           argv: list[str] | None = None) -> _Active:
+           argv: list[str] | None = None, cpus: frozenset[int] | None = None) -> _Active:
     argv = argv or command_line(run, sweep_dir, common, entry)
     try:
         log = open(state.log_path(sweep_dir, run.name), "a")
@@ -164,7 +180,7 @@ def _start(run: RunSpec, sweep_dir: pathlib.Path, common: dict, entry: Sequence[
         raise SweepError(f"cannot write the log of {run.name} in {sweep_dir / 'logs'}: {e.strerror or e}") from None
     proc = subprocess.Popen(
         argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO_ROOT, env=env,
-        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        preexec_fn=functools.partial(_child_setup, cpus) if sys.platform.startswith("linux") else None,
     )
     state.write_atomic(state.log_path(sweep_dir, run.name, ".pid"), f"{proc.pid}\n")
     return _Active(run, proc, log, time.monotonic())
@@ -225,7 +241,8 @@ def run_sweep(
     child_env = {**os.environ, "MDIFF_PROGRESS": "0", **(env or {})}
     progress = progress or Progress(sweep.name, runs, sweep_dir, stream=sys.stderr)
     active: list[_Active] = []
-    packs = {r.name: g for g in pack_groups(sweep, todo, entry) if len(g) > 1 for r in g}
+    packs = {r.name: g for g in pack_groups(sweep, todo, entry, parts=parallel) if len(g) > 1 for r in g}
+    shares = runtime.cpu_shares(parallel)
     if packs:
         jobs = len({id(g) for g in packs.values()})
         progress.event(f"packing {len(packs)} same-shape points into {jobs} job(s): one process and one compiled program each")
@@ -237,15 +254,17 @@ def run_sweep(
                 if state.run_state(sweep_dir, run.name) == state.RUNNING:  # taken by another trainer meanwhile
                     outcome.elsewhere.append(run.name)
                     continue
+                slot = min(set(range(parallel)) - {a.slot for a in active})
+                cpus = shares[slot] if shares else None
                 group = [r for r in packs.get(run.name, []) if r is run or r in todo]
                 if len(group) > 1:
                     for r in group[1:]:
                         todo.remove(r)
-                    active.append(_start_packed(group, sweep_dir, sweep.common, child_env))
+                    active.append(dataclasses.replace(_start_packed(group, sweep_dir, sweep.common, child_env, cpus), slot=slot))
                     outcome.started.extend(r.name for r in group)
                     progress.event(f"start {', '.join(r.name for r in group)} (packed)")
                     continue
-                active.append(_start(run, sweep_dir, sweep.common, entry, child_env))
+                active.append(dataclasses.replace(_start(run, sweep_dir, sweep.common, entry, child_env, cpus=cpus), slot=slot))
                 outcome.started.append(run.name)
                 progress.event(f"start {run.name}")
             time.sleep(poll_s)

@@ -152,6 +152,10 @@ def _train(points: list[_Point], preemption: loop_lib.Preemption) -> list[dict[s
         state = _stack([s for s, _ in restored])
         resumes = [r for _, r in restored]
         del restored
+    # One sharding for the stacked state in and out of the step (replicated on the job's one device): an
+    # initial state laid out otherwise would make the second step retrace the whole program (seconds of Python).
+    replicated = jax.sharding.NamedSharding(base.mesh, jax.sharding.PartitionSpec())
+    state = jax.device_put(state, replicated)
     start = common or 0
     if common:
         log.info("packed: resuming %d points from step %d", len(points), common)
@@ -162,7 +166,7 @@ def _train(points: list[_Point], preemption: loop_lib.Preemption) -> list[dict[s
         p.loop.evaluate = loop_lib.make_evaluator(p.run, eval_step)
     setup = step_lib.loss_setup(base.config, base.graphdef, base.abstract_params, base.vocab)
     packed_step = jax.jit(jax.vmap(step_lib.make_train_step(setup, base.optimizer, base.config.train.microbatches)),
-                          donate_argnums=0)
+                          in_shardings=(replicated, None, None), out_shardings=(replicated, None), donate_argnums=0)
     hyperparameters = _stack([p.run.hyperparameters for p in points])  # each point's own optimiser values
     t, total = base.config.train, base.plan.steps
     summaries: dict[int, dict] = {}
