@@ -9,6 +9,9 @@ Variants:
   cpu-wide  the quickstart grid widened for the per-modality fits: 5 presets (cpu-l added: 1.5 decades of
         non-embedding parameters) x 4 budgets (8C added: 1.7 decades of tokens); 20 runs, 12 of them the
         quickstart's own points (same names and configs, so a directory seeded with those runs trains 8)
+  cpu-below  the quickstart grid with two smaller sizes (cpu-4xs, cpu-3xs: 3.6k and 6.8k non-embedding
+        parameters), so that the two smaller budgets, whose loss-optimal size lies below cpu-xxs, are sampled
+        on both sides of their optimum; 18 runs, 12 of them the quickstart's own
   test  2 runs on the synthetic dataset, seconds each (tests of the runner and the quickstart)
   pod   3 budgets (1e18, 1e19, 1e20 FLOPs) x the 5 of 8 explicit shapes (11M ... 1.2B non-embedding
         parameters) around each budget's compute-optimal size
@@ -18,7 +21,7 @@ Variants:
 from mdiff.sweeps import Sweep, chain, product, sweep
 from mdiff.sweeps.grids import isoflop
 
-VARIANTS = ("cpu", "cpu-wide", "test", "pod")
+VARIANTS = ("cpu", "cpu-wide", "cpu-below", "test", "pod")
 
 CPU_CONFIG = "experiments/quickstart.py:cpu-s"
 CPU_SIZES = ("cpu-xxs", "cpu-xs", "cpu-s", "cpu-m")
@@ -28,6 +31,7 @@ CPU_BUDGET = 1.6e11
 CPU_BUDGETS = (CPU_BUDGET, 2 * CPU_BUDGET, 4 * CPU_BUDGET)
 WIDE_SIZES = (*CPU_SIZES, "cpu-l")
 WIDE_BUDGETS = (*CPU_BUDGETS, 8 * CPU_BUDGET)
+BELOW_SIZES = ("cpu-4xs", "cpu-3xs", *CPU_SIZES)
 CPU_COMMON = {
     "train.batch": 8,
     "train.eval_every": 0,  # evaluate once, at the end: that is the number the fit uses
@@ -60,6 +64,9 @@ def get_sweep(variant: str) -> Sweep:
     if variant == "cpu-wide":
         points = isoflop(CPU_CONFIG, WIDE_SIZES, WIDE_BUDGETS, min_steps=20, common=CPU_COMMON)
         return Sweep(config=CPU_CONFIG, points=points, common=CPU_COMMON, description="widened IsoFLOP grid")
+    if variant == "cpu-below":
+        points = isoflop(CPU_CONFIG, BELOW_SIZES, CPU_BUDGETS, min_steps=20, common=CPU_COMMON)
+        return Sweep(config=CPU_CONFIG, points=points, common=CPU_COMMON, description="IsoFLOP grid with smaller sizes")
     if variant == "test":
         points = product(sweep("model.size", ["cpu-xxs", "cpu-xs"]), sweep("train.tokens", [8 * 32 * 8]))
         return Sweep(config="experiments/quickstart.py:test", points=points, description="runner smoke test")

@@ -80,6 +80,25 @@ def test_cpu_wide_scaling_widens_the_quickstart_grid():
     assert math.log10(max(n) / min(n)) >= 1.4 and math.log10(max(d) / min(d)) >= 1.6
 
 
+def test_cpu_below_adds_smaller_sizes_at_the_quickstart_budgets():
+    """cpu-below keeps the quickstart's 12 points and adds two sizes below its smallest, at the same 3 budgets:
+    each new size has fewer non-embedding parameters than cpu-xxs, and a budget's points cost the same FLOPs."""
+    from mdiff.config import load_config
+    from mdiff.model.scaling import PRESETS, flops_per_token, param_counts
+    from mdiff.sweeps.grids import vocab_size_of
+
+    quick, below = expand(load_sweep("scaling:cpu")), expand(load_sweep("scaling:cpu-below"))
+    assert len(below) == 18 and {r.name for r in quick} <= {r.name for r in below}
+    base = load_config(load_sweep("scaling:cpu-below").config)
+    vocab, seq_len = vocab_size_of(base), base.data.seq_len
+    n = {r.overrides["model.size"]: param_counts(PRESETS[r.overrides["model.size"]], vocab)["non_embedding"] for r in below}
+    new = [size for size in n if size not in {r.overrides["model.size"] for r in quick}]
+    assert len(new) == 2 and all(n[size] < n["cpu-xxs"] for size in new)
+    flops = sorted(flops_per_token(PRESETS[r.overrides["model.size"]], vocab, seq_len) * r.overrides["train.tokens"] for r in below)
+    for budget, group in zip((1.6e11, 3.2e11, 6.4e11), (flops[0:6], flops[6:12], flops[12:18])):
+        assert all(abs(f / budget - 1) < 0.1 for f in group), (budget, group)
+
+
 def test_cpu_mixing_and_schedule_studies_have_seeds():
     mixing = expand(load_sweep("mixing:cpu"))
     mixes = {tuple(r.overrides[f"data.mix.{m}"] for m in ("text", "image", "audio")) for r in mixing}

@@ -70,6 +70,8 @@ def _shape(width: int, depth: int, heads: int, mlp: int, vocab: int = 0) -> Mode
 
 # From the CPU quickstart sweep (well under 1M params) to the paper's 3B.
 PRESETS: dict[str, ModelShape] = {
+    "cpu-4xs": _shape(12, 2, 1, 32, 1024),  # below the quickstart's sizes: the small side of its IsoFLOP optima
+    "cpu-3xs": _shape(16, 2, 2, 48, 1024),
     "cpu-xxs": _shape(24, 2, 2, 64, 1024),
     "cpu-xs": _shape(32, 2, 2, 96, 1024),
     "cpu-s": _shape(48, 3, 3, 128, 1024),
