@@ -82,7 +82,7 @@ def test_flops_formula_matches_anchor_and_xla():
 
 def test_vocab_padding_and_unknown_preset():
     assert padded_vocab(4096) == 4096 and padded_vocab(4097) == 4224
-    with pytest.raises(ShapeError, match="known presets: cpu-xxs"):
+    with pytest.raises(ShapeError, match="known presets: cpu-4xs, cpu-3xs, cpu-xxs"):
         resolve_shape(dict(size="7b"))
     with pytest.raises(ShapeError, match="not divisible by heads"):
         resolve_shape(dict(width=30, depth=1, heads=4, mlp_hidden=8))
