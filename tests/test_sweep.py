@@ -245,9 +245,9 @@ def test_concurrent_children_each_keep_to_their_own_cpus(env, monkeypatch):
     assert len(records) == 4 and all(r["cpus"] in shares for r in records)
     overlapping = [(a, b) for i, a in enumerate(records) for b in records[i + 1:] if a["start"] < b["end"] and b["start"] < a["end"]]
     assert overlapping and all(a["cpus"] != b["cpus"] for a, b in overlapping)
-    monkeypatch.setenv("MDIFF_CPU_SHARES", "0")
-    monkeypatch.setenv("FAKE_CPUS", str(env / "unconfined.jsonl"))
-    msweep.run_sweep(tiny_sweep(env), env / "sw2", parallel=2, entry=entry(env), progress=None, poll_s=0.02)
+    monkeypatch.setenv("FAKE_CPUS", str(env / "unconfined.jsonl"))  # the children's environment decides
+    msweep.run_sweep(tiny_sweep(env), env / "sw2", parallel=2, entry=entry(env), progress=None, poll_s=0.02,
+                     env={"MDIFF_CPU_SHARES": "0"})
     assert [r["cpus"] for r in cpu_records(env / "unconfined.jsonl")] == [mine] * 4
 
 

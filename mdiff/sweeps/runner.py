@@ -242,7 +242,7 @@ def run_sweep(
     progress = progress or Progress(sweep.name, runs, sweep_dir, stream=sys.stderr)
     active: list[_Active] = []
     packs = {r.name: g for g in pack_groups(sweep, todo, entry, parts=parallel) if len(g) > 1 for r in g}
-    shares = runtime.cpu_shares(parallel)
+    shares = runtime.cpu_shares(parallel, environ=child_env)  # the children's MDIFF_CPU_SHARES decides
     if packs:
         jobs = len({id(g) for g in packs.values()})
         progress.event(f"packing {len(packs)} same-shape points into {jobs} job(s): one process and one compiled program each")
@@ -260,13 +260,15 @@ def run_sweep(
                 if len(group) > 1:
                     for r in group[1:]:
                         todo.remove(r)
-                    active.append(dataclasses.replace(_start_packed(group, sweep_dir, sweep.common, child_env, cpus), slot=slot))
+                    job = _start_packed(group, sweep_dir, sweep.common, child_env, cpus)
                     outcome.started.extend(r.name for r in group)
                     progress.event(f"start {', '.join(r.name for r in group)} (packed)")
-                    continue
-                active.append(dataclasses.replace(_start(run, sweep_dir, sweep.common, entry, child_env, cpus=cpus), slot=slot))
-                outcome.started.append(run.name)
-                progress.event(f"start {run.name}")
+                else:
+                    job = _start(run, sweep_dir, sweep.common, entry, child_env, cpus=cpus)
+                    outcome.started.append(run.name)
+                    progress.event(f"start {run.name}")
+                job.slot = slot
+                active.append(job)
             time.sleep(poll_s)
             for a, run in [(a, run) for a in active if a.proc.poll() is not None for run in a.points]:
                 if a in active:
