@@ -30,9 +30,9 @@ instructions (AVX-512, say) must not run on another that lacks them, as on a clu
 CPU shares (`cpu_shares()`, used by the sweep runner): XLA:CPU sizes its thread pool by the CPUs a process
 may run on, so two trainers started side by side on a 2-core machine each run two busy threads, four on two
 cores. Dealing the CPUs out (job i of k gets every k-th CPU from the i-th, set as the child's affinity
-before it starts) gives each its own: on 2 cores, 8 packed cpu-s points train in 84 s as two one-core jobs
-of 4 against 99.5 s as one job of 8 on both, and the quickstart's unpacked sweep runs 1.10x faster
-(BENCHMARKS.md). MDIFF_CPU_SHARES=0 turns it off.
+before it starts) gives each its own: on 2 cores, 8 packed cpu-s points (warm cache) train 2.29x as fast as
+the unpacked baseline as two one-core jobs of 4, against 2.09x as one job of 8 on both, and the quickstart's
+unpacked sweep runs 1.10x faster (BENCHMARKS.md). MDIFF_CPU_SHARES=0 turns it off.
 """
 
 from __future__ import annotations
